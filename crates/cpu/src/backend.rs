@@ -1,0 +1,234 @@
+//! [`CpuBackend`]: the primitives, and fused kernels overriding the default compositions.
+
+use glimpse_tensor::{
+    Backend, BackendStorage, BinaryOp, DType, DeviceLocation, Error, HostSlice, HostVec, Layout,
+    ReduceOp, Result, SharedBytes, Storage, UnaryOp,
+};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+use crate::ops;
+use crate::random;
+use crate::storage::CpuStorage;
+
+/// The CPU backend. Stateless: work runs on the global rayon pool.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+/// Downcasts a storage handed to the CPU backend.
+pub fn cpu_storage(s: &dyn BackendStorage) -> Result<&CpuStorage> {
+    s.as_any()
+        .downcast_ref::<CpuStorage>()
+        .ok_or_else(|| Error::backend("cpu", format!("got a storage of another backend ({s:?})")))
+}
+
+fn wrap(s: CpuStorage) -> Storage {
+    Arc::new(s)
+}
+
+impl Backend for CpuBackend {
+    fn location(&self) -> DeviceLocation {
+        DeviceLocation {
+            backend: "cpu",
+            ordinal: 0,
+        }
+    }
+
+    fn supports_dtype(&self, _dtype: DType) -> bool {
+        true
+    }
+
+    fn full(&self, dtype: DType, len: usize, value: f64) -> Result<Storage> {
+        Ok(wrap(ops::full(dtype, len, value)))
+    }
+
+    fn upload(&self, data: HostSlice<'_>) -> Result<Storage> {
+        Ok(wrap(CpuStorage::from_host(data)))
+    }
+
+    fn upload_bytes(&self, dtype: DType, bytes: SharedBytes) -> Result<Storage> {
+        let len = bytes.bytes().len();
+        CpuStorage::from_bytes(dtype, bytes)
+            .map(wrap)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "upload_bytes",
+                    format!("{len} bytes is not a whole number of {dtype} elements"),
+                )
+            })
+    }
+
+    fn download(&self, src: &dyn BackendStorage, layout: &Layout) -> Result<HostVec> {
+        Ok(ops::download(cpu_storage(src)?, layout))
+    }
+
+    fn rand_uniform(
+        &self,
+        dtype: DType,
+        len: usize,
+        low: f64,
+        high: f64,
+        seed: u64,
+    ) -> Result<Storage> {
+        Ok(wrap(match dtype {
+            DType::F16 => ops::storage_from_vec(random::uniform::<f16>(len, low, high, seed)),
+            DType::BF16 => ops::storage_from_vec(random::uniform::<bf16>(len, low, high, seed)),
+            DType::F32 => ops::storage_from_vec(random::uniform::<f32>(len, low, high, seed)),
+            DType::F64 => ops::storage_from_vec(random::uniform::<f64>(len, low, high, seed)),
+            DType::U32 => return Err(Error::invalid("rand_uniform", "u32 is not a float dtype")),
+        }))
+    }
+
+    fn rand_normal(
+        &self,
+        dtype: DType,
+        len: usize,
+        mean: f64,
+        std: f64,
+        seed: u64,
+    ) -> Result<Storage> {
+        Ok(wrap(match dtype {
+            DType::F16 => ops::storage_from_vec(random::normal::<f16>(len, mean, std, seed)),
+            DType::BF16 => ops::storage_from_vec(random::normal::<bf16>(len, mean, std, seed)),
+            DType::F32 => ops::storage_from_vec(random::normal::<f32>(len, mean, std, seed)),
+            DType::F64 => ops::storage_from_vec(random::normal::<f64>(len, mean, std, seed)),
+            DType::U32 => return Err(Error::invalid("rand_normal", "u32 is not a float dtype")),
+        }))
+    }
+
+    fn copy_strided(&self, src: &dyn BackendStorage, layout: &Layout) -> Result<Storage> {
+        Ok(wrap(ops::copy_strided(cpu_storage(src)?, layout)))
+    }
+
+    fn concat(&self, parts: &[(&dyn BackendStorage, &Layout)], dim: usize) -> Result<Storage> {
+        let parts = parts
+            .iter()
+            .map(|(s, l)| Ok((cpu_storage(*s)?, *l)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(wrap(ops::concat(&parts, dim)?))
+    }
+
+    fn cast(&self, src: &dyn BackendStorage, layout: &Layout, dtype: DType) -> Result<Storage> {
+        Ok(wrap(ops::cast(cpu_storage(src)?, layout, dtype)))
+    }
+
+    fn unary(&self, op: UnaryOp, src: &dyn BackendStorage, layout: &Layout) -> Result<Storage> {
+        Ok(wrap(ops::unary(op, cpu_storage(src)?, layout)?))
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        lhs: &dyn BackendStorage,
+        lhs_layout: &Layout,
+        rhs: &dyn BackendStorage,
+        rhs_layout: &Layout,
+    ) -> Result<Storage> {
+        Ok(wrap(ops::binary(
+            op,
+            cpu_storage(lhs)?,
+            lhs_layout,
+            cpu_storage(rhs)?,
+            rhs_layout,
+        )?))
+    }
+
+    fn where_cond(
+        &self,
+        cond: &dyn BackendStorage,
+        cond_layout: &Layout,
+        on_true: &dyn BackendStorage,
+        true_layout: &Layout,
+        on_false: &dyn BackendStorage,
+        false_layout: &Layout,
+    ) -> Result<Storage> {
+        Ok(wrap(ops::where_cond(
+            cpu_storage(cond)?,
+            cond_layout,
+            cpu_storage(on_true)?,
+            true_layout,
+            cpu_storage(on_false)?,
+            false_layout,
+        )?))
+    }
+
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        src: &dyn BackendStorage,
+        layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        Ok(wrap(ops::reduce(op, cpu_storage(src)?, layout, dim)?))
+    }
+
+    fn matmul(
+        &self,
+        lhs: &dyn BackendStorage,
+        lhs_layout: &Layout,
+        rhs: &dyn BackendStorage,
+        rhs_layout: &Layout,
+    ) -> Result<Storage> {
+        Ok(wrap(ops::matmul(
+            cpu_storage(lhs)?,
+            lhs_layout,
+            cpu_storage(rhs)?,
+            rhs_layout,
+        )?))
+    }
+
+    fn index_select(
+        &self,
+        src: &dyn BackendStorage,
+        src_layout: &Layout,
+        ids: &dyn BackendStorage,
+        ids_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        Ok(wrap(ops::index_select(
+            cpu_storage(src)?,
+            src_layout,
+            cpu_storage(ids)?,
+            ids_layout,
+            dim,
+        )?))
+    }
+
+    fn gather(
+        &self,
+        src: &dyn BackendStorage,
+        src_layout: &Layout,
+        ids: &dyn BackendStorage,
+        ids_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        Ok(wrap(ops::gather_dim(
+            cpu_storage(src)?,
+            src_layout,
+            cpu_storage(ids)?,
+            ids_layout,
+            dim,
+        )?))
+    }
+
+    fn scatter_add(
+        &self,
+        dst: &dyn BackendStorage,
+        dst_layout: &Layout,
+        ids: &dyn BackendStorage,
+        ids_layout: &Layout,
+        src: &dyn BackendStorage,
+        src_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        Ok(wrap(ops::scatter_add(
+            cpu_storage(dst)?,
+            dst_layout,
+            cpu_storage(ids)?,
+            ids_layout,
+            cpu_storage(src)?,
+            src_layout,
+            dim,
+        )?))
+    }
+}

@@ -1,0 +1,58 @@
+//! glimpse-kernels: the sources of glimpse's GPU kernels, exposed as `&'static str`.
+//!
+//! The sources live in `kernels/cuda/*.cu` and `kernels/wgsl/*.wgsl` and are pulled in with
+//! `include_str!`, so that their paths stay inside this crate and backend crates (and tools
+//! that compile-check every kernel) read them from one place. Each kernel file opens with what
+//! it computes, its shapes, its launch shape and its algorithm.
+//!
+//! The inventory starts empty: the CUDA and wgpu backends add their kernels here, one
+//! [`KernelSource`] per file, and the compile checks iterate over [`CUDA`] and [`WGSL`].
+
+/// The language a kernel is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    /// CUDA C++, compiled at run time by NVRTC.
+    Cuda,
+    /// WGSL, compiled by the wgpu runtime (and validated by naga in tests).
+    Wgsl,
+}
+
+/// One kernel source file.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSource {
+    /// File name without directory, e.g. `"attention.cu"`.
+    pub name: &'static str,
+    pub language: Language,
+    pub source: &'static str,
+}
+
+/// Every CUDA source, compiled by NVRTC at first use.
+pub const CUDA: &[KernelSource] = &[];
+
+/// Every WGSL source.
+pub const WGSL: &[KernelSource] = &[];
+
+/// Looks a kernel source up by file name.
+pub fn find(name: &str) -> Option<&'static KernelSource> {
+    CUDA.iter().chain(WGSL).find(|k| k.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_match_their_language() {
+        let all: Vec<_> = CUDA.iter().chain(WGSL).collect();
+        for (i, k) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|o| o.name != k.name), "{}", k.name);
+            let ext = match k.language {
+                Language::Cuda => ".cu",
+                Language::Wgsl => ".wgsl",
+            };
+            assert!(k.name.ends_with(ext), "{}", k.name);
+            assert!(find(k.name).is_some());
+        }
+        assert!(find("no-such-kernel.cu").is_none());
+    }
+}

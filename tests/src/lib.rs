@@ -1,0 +1,1 @@
+//! Cross-crate integration tests of glimpse live in `tests/tests/`.
