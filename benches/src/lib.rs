@@ -1,1 +1,176 @@
-//! Shared helpers of the glimpse benchmarks.
+//! The workloads glimpse is benchmarked on, shared by the criterion benches (`cargo bench -p
+//! glimpse-benches`) and the side-by-side comparison with PyTorch (`cargo xtask bench-compare
+//! cpu`, which runs the `bench-compare` binary and then `benches/compare_torch.py` on the same
+//! shapes). Each workload builds its inputs once and returns a closure that runs it.
+
+use glimpse_tensor::{AttentionOptions, DType, Device, PatchEmbedOptions, Result, Tensor};
+
+/// A named piece of work and its floating-point operation count (0 when not meaningful).
+pub struct Workload {
+    pub name: String,
+    pub flops: f64,
+    pub run: Box<dyn FnMut() -> Result<()>>,
+}
+
+impl std::fmt::Debug for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Workload({})", self.name)
+    }
+}
+
+fn normal(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+    Tensor::rand_normal(0.0, 1.0, shape.to_vec(), DType::F32, seed, device)
+}
+
+fn workload(
+    name: impl Into<String>,
+    flops: f64,
+    run: impl FnMut() -> Result<()> + 'static,
+) -> Workload {
+    Workload {
+        name: name.into(),
+        flops,
+        run: Box::new(run),
+    }
+}
+
+/// `(m, k) @ (k, n)` in f32.
+pub fn matmul(m: usize, k: usize, n: usize, device: &Device) -> Result<Workload> {
+    let a = normal(&[m, k], 1, device)?;
+    let b = normal(&[k, n], 2, device)?;
+    Ok(workload(
+        format!("matmul {m}x{k}x{n}"),
+        2.0 * (m * k * n) as f64,
+        move || a.matmul(&b).map(drop),
+    ))
+}
+
+/// Fused attention forward, f32, `(B, H, N, D)` without masks.
+pub fn attention(b: usize, h: usize, n: usize, d: usize, device: &Device) -> Result<Workload> {
+    let q = normal(&[b, h, n, d], 3, device)?;
+    let k = normal(&[b, h, n, d], 4, device)?;
+    let v = normal(&[b, h, n, d], 5, device)?;
+    let opts = AttentionOptions::default();
+    Ok(workload(
+        format!("attention B{b} H{h} N{n} D{d}"),
+        4.0 * (b * h * n * n * d) as f64,
+        move || Tensor::attention(&q, &k, &v, &opts).map(drop),
+    ))
+}
+
+/// Layer norm over the last dimension of `(rows, cols)`, with weight and bias.
+pub fn layer_norm(rows: usize, cols: usize, device: &Device) -> Result<Workload> {
+    let x = normal(&[rows, cols], 6, device)?;
+    let w = normal(&[cols], 7, device)?;
+    let b = normal(&[cols], 8, device)?;
+    Ok(workload(
+        format!("layer_norm {rows}x{cols}"),
+        0.0,
+        move || x.layer_norm(Some(&w), Some(&b), 1e-5).map(drop),
+    ))
+}
+
+/// Softmax over the last dimension of `(rows, cols)`.
+pub fn softmax(rows: usize, cols: usize, device: &Device) -> Result<Workload> {
+    let x = normal(&[rows, cols], 9, device)?;
+    Ok(workload(format!("softmax {rows}x{cols}"), 0.0, move || {
+        x.softmax(-1).map(drop)
+    }))
+}
+
+/// Exact (erf) GELU over `len` elements.
+pub fn gelu(len: usize, device: &Device) -> Result<Workload> {
+    let x = normal(&[len], 10, device)?;
+    Ok(workload(format!("gelu_erf {len}"), 0.0, move || {
+        x.gelu_erf().map(drop)
+    }))
+}
+
+/// ViT patch embedding: `(B, 3, S, S)` images, patch `p`, `e` channels, class row and
+/// position embedding included.
+pub fn patch_embed(b: usize, size: usize, p: usize, e: usize, device: &Device) -> Result<Workload> {
+    let images = normal(&[b, 3, size, size], 11, device)?;
+    let weight = normal(&[e, 3, p, p], 12, device)?;
+    let bias = normal(&[e], 13, device)?;
+    let patches = (size / p) * (size / p);
+    let opts = PatchEmbedOptions {
+        patch_size: p,
+        class_embedding: Some(normal(&[e], 14, device)?),
+        position_embedding: Some(normal(&[patches + 1, e], 15, device)?),
+    };
+    Ok(workload(
+        format!("patch_embed B{b} {size}px p{p} E{e}"),
+        2.0 * (b * patches * e * 3 * p * p) as f64,
+        move || Tensor::patch_embed(&images, &weight, Some(&bias), &opts).map(drop),
+    ))
+}
+
+fn unit_rows(n: usize, d: usize, seed: u64, device: &Device) -> Result<Tensor> {
+    let x = normal(&[n, d], seed, device)?;
+    x.div(&x.sqr()?.sum_keepdim(1)?.sqrt()?)
+}
+
+/// CLIP's contrastive loss forward over `n` pairs of unit `d`-vectors, scale 100.
+pub fn contrastive(n: usize, d: usize, device: &Device) -> Result<Workload> {
+    let img = unit_rows(n, d, 16, device)?;
+    let txt = unit_rows(n, d, 17, device)?;
+    let scale = Tensor::full(100.0, (), DType::F32, device)?;
+    Ok(workload(
+        format!("contrastive fwd N{n} D{d}"),
+        2.0 * (n * n * d) as f64,
+        move || Tensor::contrastive_loss(&img, &txt, &scale).map(drop),
+    ))
+}
+
+/// Forward and backward of the contrastive loss.
+pub fn contrastive_fwd_bwd(n: usize, d: usize, device: &Device) -> Result<Workload> {
+    let img = unit_rows(n, d, 16, device)?;
+    let txt = unit_rows(n, d, 17, device)?;
+    let scale = Tensor::full(100.0, (), DType::F32, device)?;
+    let one = Tensor::full(1.0, (), DType::F32, device)?;
+    Ok(workload(
+        format!("contrastive fwd+bwd N{n} D{d}"),
+        6.0 * (n * n * d) as f64,
+        move || {
+            let saved = Tensor::contrastive_loss(&img, &txt, &scale)?;
+            Tensor::contrastive_loss_backward(&img, &txt, &scale, &saved, &one).map(drop)
+        },
+    ))
+}
+
+/// Every workload of the CPU comparison with PyTorch, in the order `compare_torch.py` uses.
+pub fn cpu_suite(device: &Device) -> Result<Vec<Workload>> {
+    let mut w = Vec::new();
+    for s in [256, 512, 1024, 2048] {
+        w.push(matmul(s, s, s, device)?);
+    }
+    // ViT-B/16 at batch 8: 8 * 197 tokens through the qkv, fc1 and fc2 projections.
+    w.push(matmul(1576, 768, 2304, device)?);
+    w.push(matmul(1576, 768, 3072, device)?);
+    w.push(matmul(1576, 3072, 768, device)?);
+    w.push(attention(8, 12, 197, 64, device)?);
+    w.push(attention(1, 12, 577, 64, device)?);
+    w.push(layer_norm(1576, 768, device)?);
+    w.push(softmax(8 * 12 * 197, 197, device)?);
+    w.push(gelu(1576 * 3072, device)?);
+    w.push(patch_embed(8, 224, 16, 768, device)?);
+    w.push(contrastive(4096, 512, device)?);
+    w.push(contrastive_fwd_bwd(4096, 512, device)?);
+    Ok(w)
+}
+
+/// Median wall time in milliseconds over at least `min_runs` runs and about `budget` seconds,
+/// after two warm-up runs.
+pub fn median_ms(run: &mut dyn FnMut() -> Result<()>, min_runs: usize, budget: f64) -> Result<f64> {
+    run()?;
+    run()?;
+    let start = std::time::Instant::now();
+    let mut times = Vec::new();
+    while times.len() < min_runs || (start.elapsed().as_secs_f64() < budget && times.len() < 200) {
+        let t = std::time::Instant::now();
+        run()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}

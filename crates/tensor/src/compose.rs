@@ -103,6 +103,19 @@ pub fn attention(
     v: &Tensor,
     opts: &AttentionOptions,
 ) -> Result<AttentionOutput> {
+    if k.dims()[2] == 0 {
+        // No keys at all: every row sees none (and a max over an empty row is an error).
+        let (b, h, nq, dv) = (q.dims()[0], q.dims()[1], q.dims()[2], v.dims()[3]);
+        return Ok(AttentionOutput {
+            out: Tensor::zeros([b, h, nq, dv], q.dtype(), q.device())?,
+            lse: Tensor::full(
+                f64::NEG_INFINITY,
+                [b, h, nq],
+                q.dtype().compute_dtype(),
+                q.device(),
+            )?,
+        });
+    }
     let (scores, _) = attention_scores(q, k, opts)?;
     let row_max = scores.max_keepdim(-1)?;
     // Rows that see no key have max -inf; shift them by 0 so that exp gives exact zeros.

@@ -106,11 +106,35 @@ macro_rules! with_dtype {
     };
 }
 
-with_dtype!(f16, F16, |x: f16| x.to_f64(), f16::from_f64);
-with_dtype!(bf16, BF16, |x: bf16| x.to_f64(), bf16::from_f64);
+// `half`'s `from_f64` drops the low 32 bits of the f64 before rounding, which turns near-ties
+// into ties (`1 + 2^-11 + 2^-40` became `1` in f16, and so did the f32 `1 + 2^-11 + 2^-23`).
+// Rounding to f32 with round-to-odd first keeps enough information for the second, correct
+// rounding to the narrow type.
+with_dtype!(f16, F16, |x: f16| x.to_f64(), |v: f64| f16::from_f32(
+    f64_to_f32_round_odd(v)
+));
+with_dtype!(bf16, BF16, |x: bf16| x.to_f64(), |v: f64| bf16::from_f32(
+    f64_to_f32_round_odd(v)
+));
 with_dtype!(f32, F32, |x: f32| x as f64, |v: f64| v as f32);
 with_dtype!(f64, F64, |x: f64| x, |v: f64| v);
 with_dtype!(u32, U32, |x: u32| x as f64, |v: f64| v as u32);
+
+/// `v` as an f32 rounded to odd: truncated toward zero, with the last bit set when inexact. A
+/// later round-to-nearest to any format with at least two fewer significand bits (f16, bf16)
+/// then gives the correctly rounded result of `v`.
+fn f64_to_f32_round_odd(v: f64) -> f32 {
+    let f = v as f32;
+    if !v.is_finite() || f as f64 == v {
+        return f;
+    }
+    let mut bits = f.to_bits();
+    if (f as f64).abs() > v.abs() {
+        // Step the magnitude one ulp toward zero (from infinity, to the largest finite f32).
+        bits -= 1;
+    }
+    f32::from_bits(bits | 1)
+}
 
 /// Borrowed host data of one dtype, handed to a backend for upload.
 #[derive(Clone, Copy, Debug)]

@@ -152,10 +152,18 @@ impl Layout {
         }
         let mut dims = self.dims().to_vec();
         dims[dim] = len;
+        let shape = Shape::new(dims);
+        // An empty view keeps its offset: moving it could point past the end of the storage
+        // (an empty storage has nonzero strides once permuted), which backends slice from.
+        let offset = if shape.elem_count() == 0 {
+            self.offset
+        } else {
+            self.offset + start * self.strides[dim]
+        };
         Ok(Layout {
-            shape: Shape::new(dims),
+            shape,
             strides: self.strides.clone(),
-            offset: self.offset + start * self.strides[dim],
+            offset,
         })
     }
 

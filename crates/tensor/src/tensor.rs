@@ -235,7 +235,7 @@ impl Tensor {
         device: &Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        if !dtype.is_float() || !(low < high) {
+        if !dtype.is_float() || low.partial_cmp(&high) != Some(std::cmp::Ordering::Less) {
             return Err(Error::invalid(
                 "rand_uniform",
                 format!("need a float dtype and low < high, got {dtype}, [{low}, {high})"),
@@ -258,7 +258,7 @@ impl Tensor {
         device: &Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        if !dtype.is_float() || !(std >= 0.0) {
+        if !dtype.is_float() || std.is_nan() || std < 0.0 {
             return Err(Error::invalid(
                 "rand_normal",
                 format!("need a float dtype and std >= 0, got {dtype}, std {std}"),
@@ -340,7 +340,7 @@ impl Tensor {
         }))
     }
 
-    fn from_result(&self, storage: Storage, shape: Shape) -> Result<Tensor> {
+    fn result_tensor(&self, storage: Storage, shape: Shape) -> Result<Tensor> {
         Tensor::contiguous_from(storage, shape, self.device())
     }
 
@@ -465,7 +465,7 @@ impl Tensor {
             .device()
             .backend()
             .copy_strided(&**self.storage(), self.layout())?;
-        self.from_result(storage, self.shape().clone())
+        self.result_tensor(storage, self.shape().clone())
     }
 
     /// A contiguous copy that never shares storage with `self`.
@@ -474,7 +474,7 @@ impl Tensor {
             .device()
             .backend()
             .copy_strided(&**self.storage(), self.layout())?;
-        self.from_result(storage, self.shape().clone())
+        self.result_tensor(storage, self.shape().clone())
     }
 
     /// Concatenates tensors along `dim`; all other dimensions must agree.
@@ -508,7 +508,7 @@ impl Tensor {
             .map(|t| (&**t.storage(), t.layout()))
             .collect();
         let storage = first.device().backend().concat(&parts, dim)?;
-        first.from_result(storage, Shape::new(out_dims))
+        first.result_tensor(storage, Shape::new(out_dims))
     }
 
     // ------------------------------------------------------------------ element-wise
@@ -523,7 +523,7 @@ impl Tensor {
             .device()
             .backend()
             .cast(&**self.storage(), self.layout(), dtype)?;
-        self.from_result(storage, self.shape().clone())
+        self.result_tensor(storage, self.shape().clone())
     }
 
     /// Applies an element-wise function (float dtypes; `Neg`, `Abs`, `Sqr`, `Relu`,
@@ -548,7 +548,7 @@ impl Tensor {
             .device()
             .backend()
             .unary(op, &**self.storage(), self.layout())?;
-        self.from_result(storage, self.shape().clone())
+        self.result_tensor(storage, self.shape().clone())
     }
 
     /// Applies an element-wise function of two operands, broadcasting them to a common shape.
@@ -565,7 +565,7 @@ impl Tensor {
             &**rhs.storage(),
             &rhs_layout,
         )?;
-        self.from_result(storage, shape)
+        self.result_tensor(storage, shape)
     }
 
     /// `self != 0 ? on_true : on_false`, with `self` a `U32` condition; all three broadcast.
@@ -586,7 +586,7 @@ impl Tensor {
             &**on_false.storage(),
             &on_false.layout().broadcast_as(&shape)?,
         )?;
-        self.from_result(storage, shape)
+        self.result_tensor(storage, shape)
     }
 
     /// A tensor of this tensor's dtype and device holding one value, broadcastable anywhere.
@@ -702,7 +702,7 @@ impl Tensor {
             .reduce(op, &**self.storage(), self.layout(), dim)?;
         let mut dims = self.dims().to_vec();
         dims[dim] = 1;
-        let out = self.from_result(storage, Shape::new(dims))?;
+        let out = self.result_tensor(storage, Shape::new(dims))?;
         maybe_squeeze(out, dim, keepdim)
     }
 
@@ -788,7 +788,7 @@ impl Tensor {
         )?;
         let mut out_dims = batch.dims().to_vec();
         out_dims.extend([m, n]);
-        self.from_result(storage, Shape::new(out_dims))
+        self.result_tensor(storage, Shape::new(out_dims))
     }
 
     /// Picks entries of `dim` by a 1-D `U32` index tensor (an embedding lookup with `dim = 0`).
@@ -813,7 +813,7 @@ impl Tensor {
         )?;
         let mut dims = self.dims().to_vec();
         dims[dim] = ids.elem_count();
-        self.from_result(storage, Shape::new(dims))
+        self.result_tensor(storage, Shape::new(dims))
     }
 
     /// `out[.., i, ..] = self[.., ids[.., i, ..], ..]` along `dim`. `ids` (`U32`) has the
@@ -830,7 +830,7 @@ impl Tensor {
             ids.layout(),
             dim,
         )?;
-        self.from_result(storage, ids.shape().clone())
+        self.result_tensor(storage, ids.shape().clone())
     }
 
     /// A copy of `self` with `src[.., i, ..]` added at `self[.., ids[.., i, ..], ..]` along
@@ -858,7 +858,7 @@ impl Tensor {
             src.layout(),
             dim,
         )?;
-        self.from_result(storage, self.shape().clone())
+        self.result_tensor(storage, self.shape().clone())
     }
 
     fn check_index_shape(&self, op: &'static str, ids: &Tensor, dim: usize) -> Result<()> {
