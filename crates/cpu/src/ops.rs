@@ -348,7 +348,9 @@ fn matmul_f32(a: &[f32], al: &Layout, b: &[f32], bl: &Layout) -> Vec<f32> {
     let (b_starts, [_, n, brs, bcs]) = matrices(bl);
     let batches = a_starts.len();
     let mut out = vec![0.0f32; batches * m * n];
-    if m * n == 0 {
+    // With k = 0 the product is all zeros, and an empty operand's batch offsets may point past
+    // the end of its (empty) storage, so it must not be sliced.
+    if m * n == 0 || k == 0 {
         return out;
     }
     let one = |c: &mut [f32], ao: usize, bo: usize, parallel: bool| {
@@ -382,7 +384,9 @@ fn matmul_f64(a: &[f64], al: &Layout, b: &[f64], bl: &Layout) -> Vec<f64> {
     let (a_starts, [m, k, ars, acs]) = matrices(al);
     let (b_starts, [_, n, brs, bcs]) = matrices(bl);
     let mut out = vec![0.0f64; a_starts.len() * m * n];
-    if m * n == 0 {
+    // With k = 0 the product is all zeros, and an empty operand's batch offsets may point past
+    // the end of its (empty) storage, so it must not be sliced.
+    if m * n == 0 || k == 0 {
         return out;
     }
     out.par_chunks_mut(m * n)

@@ -526,7 +526,7 @@ impl Tensor {
         self.result_tensor(storage, self.shape().clone())
     }
 
-    /// Applies an element-wise function (float dtypes; `Neg`, `Abs`, `Sqr`, `Relu`,
+    /// Applies an element-wise function (float dtypes; `Abs`, `Sqr`, `Relu`,
     /// `Clamp` and `Affine` also accept `U32` where the result stays representable).
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         let integer_ok = matches!(
