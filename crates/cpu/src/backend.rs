@@ -1,12 +1,15 @@
 //! [`CpuBackend`]: the primitives, and fused kernels overriding the default compositions.
 
 use glimpse_tensor::{
-    Backend, BackendStorage, BinaryOp, DType, DeviceLocation, Error, HostSlice, HostVec, Layout,
-    ReduceOp, Result, SharedBytes, Storage, UnaryOp,
+    AttentionGrads, AttentionOptions, AttentionOutput, Backend, BackendStorage, BinaryOp,
+    ContrastiveGrads, ContrastiveOutput, DType, DeviceLocation, Error, GeluKind, HostSlice,
+    HostVec, Layout, PatchEmbedOptions, ReduceOp, Result, SharedBytes, Storage, Tensor, UnaryOp,
+    compose,
 };
 use half::{bf16, f16};
 use std::sync::Arc;
 
+use crate::fused::{self, kernel_dtype};
 use crate::ops;
 use crate::random;
 use crate::storage::CpuStorage;
@@ -230,5 +233,117 @@ impl Backend for CpuBackend {
             src_layout,
             dim,
         )?))
+    }
+
+    // ----- fused ops: f32 kernels for f32/f16/bf16, default compositions for f64 -----
+
+    fn softmax_last_dim(&self, x: &Tensor) -> Result<Tensor> {
+        if kernel_dtype(x.dtype()) {
+            fused::softmax_last_dim(x, false)
+        } else {
+            compose::softmax_last_dim(x)
+        }
+    }
+
+    fn log_softmax_last_dim(&self, x: &Tensor) -> Result<Tensor> {
+        if kernel_dtype(x.dtype()) {
+            fused::softmax_last_dim(x, true)
+        } else {
+            compose::log_softmax_last_dim(x)
+        }
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        if kernel_dtype(x.dtype()) {
+            fused::layer_norm(x, weight, bias, eps)
+        } else {
+            compose::layer_norm(x, weight, bias, eps)
+        }
+    }
+
+    fn gelu(&self, x: &Tensor, kind: GeluKind) -> Result<Tensor> {
+        if kernel_dtype(x.dtype()) {
+            fused::gelu(x, kind)
+        } else {
+            x.unary(kind.unary_op())
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<AttentionOutput> {
+        if fused::attention_supported(q, v) {
+            fused::attention(q, k, v, opts)
+        } else {
+            compose::attention(q, k, v, opts)
+        }
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &AttentionOutput,
+        d_out: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<AttentionGrads> {
+        if fused::attention_supported(q, v) {
+            fused::attention_backward(q, k, v, out, d_out, opts)
+        } else {
+            compose::attention_backward(q, k, v, out, d_out, opts)
+        }
+    }
+
+    fn patch_embed(
+        &self,
+        images: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: &PatchEmbedOptions,
+    ) -> Result<Tensor> {
+        if kernel_dtype(images.dtype()) {
+            fused::patch_embed(images, weight, bias, opts)
+        } else {
+            compose::patch_embed(images, weight, bias, opts)
+        }
+    }
+
+    fn contrastive_loss(
+        &self,
+        image: &Tensor,
+        text: &Tensor,
+        scale: &Tensor,
+    ) -> Result<ContrastiveOutput> {
+        if kernel_dtype(image.dtype()) {
+            fused::contrastive_loss(image, text, scale)
+        } else {
+            compose::contrastive_loss(image, text, scale)
+        }
+    }
+
+    fn contrastive_loss_backward(
+        &self,
+        image: &Tensor,
+        text: &Tensor,
+        scale: &Tensor,
+        saved: &ContrastiveOutput,
+        d_loss: &Tensor,
+    ) -> Result<ContrastiveGrads> {
+        if kernel_dtype(image.dtype()) {
+            fused::contrastive_loss_backward(image, text, scale, saved, d_loss)
+        } else {
+            compose::contrastive_loss_backward(image, text, scale, saved, d_loss)
+        }
     }
 }

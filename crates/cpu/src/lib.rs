@@ -17,7 +17,9 @@
 
 mod backend;
 mod float;
+mod fused;
 pub mod gemm;
+pub mod kernels;
 mod ops;
 mod random;
 mod storage;

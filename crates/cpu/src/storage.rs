@@ -98,7 +98,7 @@ impl CpuStorage {
     /// Reads `bytes` in place when aligned, copies them otherwise.
     pub fn from_bytes(dtype: DType, bytes: SharedBytes) -> Option<Self> {
         fn typed<T: bytemuck::Pod>(bytes: SharedBytes) -> Option<Buf<T>> {
-            if bytes.bytes().len() % std::mem::size_of::<T>() != 0 {
+            if !bytes.bytes().len().is_multiple_of(std::mem::size_of::<T>()) {
                 return None;
             }
             Some(match Buf::shared(bytes.clone()) {

@@ -204,7 +204,9 @@ pub fn patch_embed(
 
 /// The logits `scale * image @ text^T` in the compute dtype, and `scale` as a scalar tensor.
 fn contrastive_logits(image: &Tensor, text: &Tensor, scale: &Tensor) -> Result<(Tensor, Tensor)> {
-    let scale = upcast(&scale.to_dtype(image.dtype())?)?.reshape(())?;
+    // The multiplier goes straight to the compute dtype: rounding it to a half input dtype
+    // first would change the loss.
+    let scale = scale.to_dtype(image.dtype().compute_dtype())?.reshape(())?;
     let sims = upcast(image)?.matmul(&upcast(text)?.t()?)?;
     Ok((sims.mul(&scale)?, scale))
 }
@@ -257,7 +259,9 @@ pub fn contrastive_loss_backward(
         .reshape([n, 1])?
         .eq(&ids.reshape([1, n])?)?
         .to_dtype(logits.dtype())?;
-    let g = upcast(&d_loss.to_dtype(image.dtype())?)?.reshape(())?;
+    let g = d_loss
+        .to_dtype(image.dtype().compute_dtype())?
+        .reshape(())?;
     let d_logits = p_rows
         .add(&p_cols)?
         .sub(&eye.affine(2.0, 0.0)?)?

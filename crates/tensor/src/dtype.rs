@@ -224,7 +224,7 @@ impl HostVec {
     /// Decodes little-endian bytes of `dtype` into host data; the length must be a multiple of
     /// the element size.
     pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Option<HostVec> {
-        if bytes.len() % dtype.size_in_bytes() != 0 {
+        if !bytes.len().is_multiple_of(dtype.size_in_bytes()) {
             return None;
         }
         fn read<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {

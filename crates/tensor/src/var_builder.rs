@@ -280,10 +280,10 @@ impl VarBuilder {
             return Err(self.missing(key));
         };
         self.tracker().requested.insert(key.clone());
-        if let Some(expected) = shape {
-            if expected != got {
-                return Err(Error::WeightShape { key, expected, got });
-            }
+        if let Some(expected) = shape
+            && expected != got
+        {
+            return Err(Error::WeightShape { key, expected, got });
         }
         let dtype = match dtype {
             Some(d) => d,

@@ -183,7 +183,7 @@ fn misaligned_data_is_copied_and_correct() {
     let values = [1.0f32, 2.0, 3.0];
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut header = br#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#.to_vec();
-    if (8 + header.len()) % 4 == 0 {
+    if (8 + header.len()).is_multiple_of(4) {
         header.push(b' ');
     }
     let file = open_bytes(with_header(&header, &data)).unwrap();

@@ -1,0 +1,365 @@
+//! Routes the fused ops of [`CpuBackend`](crate::CpuBackend) to the f32 kernels in
+//! [`crate::kernels`]: f32 tensors are read in place (strided views too, where the kernel takes
+//! strides), half tensors are converted to f32 around the kernel, and f64 tensors use the
+//! default compositions (they exist for gradient checks, where clarity beats speed).
+
+use std::borrow::Cow;
+
+use glimpse_tensor::{
+    AttentionGrads, AttentionOptions, AttentionOutput, ContrastiveGrads, ContrastiveOutput, DType,
+    Error, PatchEmbedOptions, Result, Shape, Tensor,
+};
+use half::{bf16, f16};
+
+use crate::backend::cpu_storage;
+use crate::kernels::{self, attention::AttnDims, attention::AttnView, patch_embed::PatchDims};
+use crate::ops::storage_from_vec;
+use crate::storage::CpuStorage;
+use crate::strided;
+
+/// True when the fused f32 kernels handle this dtype (directly or through a conversion).
+pub fn kernel_dtype(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// The elements of a tensor as f32 in row-major order, borrowed when it is contiguous f32.
+pub fn f32_data(t: &Tensor) -> Result<Cow<'_, [f32]>> {
+    let layout = t.layout();
+    Ok(match cpu_storage(&**t.storage())? {
+        CpuStorage::F32(b) => strided::view(b.as_slice(), layout),
+        CpuStorage::F16(b) => Cow::Owned(strided::map(b.as_slice(), layout, f16::to_f32)),
+        CpuStorage::BF16(b) => Cow::Owned(strided::map(b.as_slice(), layout, bf16::to_f32)),
+        other => {
+            return Err(Error::backend(
+                "cpu",
+                format!(
+                    "fused f32 kernel reached with {:?} data",
+                    glimpse_tensor::BackendStorage::dtype(other)
+                ),
+            ));
+        }
+    })
+}
+
+/// A contiguous tensor of `dtype` holding f32 results.
+pub fn from_f32(
+    values: Vec<f32>,
+    shape: impl Into<Shape>,
+    dtype: DType,
+    like: &Tensor,
+) -> Result<Tensor> {
+    let storage = match dtype {
+        DType::F32 => storage_from_vec(values),
+        DType::F16 => storage_from_vec(values.into_iter().map(f16::from_f32).collect::<Vec<_>>()),
+        DType::BF16 => storage_from_vec(values.into_iter().map(bf16::from_f32).collect::<Vec<_>>()),
+        other => {
+            return Err(Error::backend(
+                "cpu",
+                format!("fused kernels return f32, not {other}"),
+            ));
+        }
+    };
+    Tensor::from_storage(
+        std::sync::Arc::new(storage),
+        glimpse_tensor::Layout::contiguous(shape),
+        like.device().clone(),
+    )
+}
+
+fn scalar_f32(t: &Tensor) -> Result<f32> {
+    Ok(t.to_f64_vec()?[0] as f32)
+}
+
+/// Softmax (or log-softmax) over the last dimension.
+pub fn softmax_last_dim(x: &Tensor, log: bool) -> Result<Tensor> {
+    let cols = *x.dims().last().expect("checked by the tensor crate");
+    let data = f32_data(x)?;
+    let mut out = vec![0.0f32; data.len()];
+    if cols > 0 && !data.is_empty() {
+        if log {
+            kernels::softmax::log_softmax_rows(&data, &mut out, cols);
+        } else {
+            kernels::softmax::softmax_rows(&data, &mut out, cols);
+        }
+    }
+    from_f32(out, x.shape(), x.dtype(), x)
+}
+
+pub fn layer_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let cols = *x.dims().last().expect("checked by the tensor crate");
+    let data = f32_data(x)?;
+    let w = weight.map(f32_data).transpose()?;
+    let b = bias.map(f32_data).transpose()?;
+    let mut out = vec![0.0f32; data.len()];
+    if cols > 0 && !data.is_empty() {
+        kernels::layer_norm::layer_norm_rows(
+            &data,
+            w.as_deref(),
+            b.as_deref(),
+            eps as f32,
+            &mut out,
+            cols,
+        );
+    }
+    from_f32(out, x.shape(), x.dtype(), x)
+}
+
+pub fn gelu(x: &Tensor, kind: glimpse_tensor::GeluKind) -> Result<Tensor> {
+    let data = f32_data(x)?;
+    let mut out = vec![0.0f32; data.len()];
+    match kind {
+        glimpse_tensor::GeluKind::Erf => kernels::gelu::gelu_erf(&data, &mut out),
+        glimpse_tensor::GeluKind::Tanh => kernels::gelu::gelu_tanh(&data, &mut out),
+        glimpse_tensor::GeluKind::Quick => kernels::gelu::quick_gelu(&data, &mut out),
+    }
+    from_f32(out, x.shape(), x.dtype(), x)
+}
+
+/// A `(B, H, N, D)` input of the attention kernels: f32 data and its batch, head and row
+/// strides (the last dimension contiguous).
+struct AttnInput<'a> {
+    data: Cow<'a, [f32]>,
+    strides: [usize; 3],
+}
+
+impl AttnInput<'_> {
+    fn view(&self) -> AttnView<'_> {
+        AttnView {
+            data: &self.data,
+            batch_stride: self.strides[0],
+            head_stride: self.strides[1],
+            row_stride: self.strides[2],
+        }
+    }
+}
+
+fn attn_input(t: &Tensor) -> Result<AttnInput<'_>> {
+    let l = t.layout();
+    let rows_apart = l.strides()[2] >= l.dims()[3] || l.dims()[2] <= 1;
+    if let CpuStorage::F32(b) = cpu_storage(&**t.storage())?
+        && (l.strides()[3] == 1 || l.dims()[3] == 1)
+        && rows_apart
+    {
+        // Permuted (B, N, H, D) projections are read in place.
+        let s = l.strides();
+        return Ok(AttnInput {
+            data: Cow::Borrowed(&b.as_slice()[l.offset()..]),
+            strides: [s[0], s[1], s[2]],
+        });
+    }
+    let d = t.dims();
+    Ok(AttnInput {
+        data: Cow::Owned(f32_data(t)?.into_owned()),
+        strides: [d[1] * d[2] * d[3], d[2] * d[3], d[3]],
+    })
+}
+
+fn attn_dims(q: &Tensor, k: &Tensor, v: &Tensor) -> AttnDims {
+    AttnDims {
+        batch: q.dims()[0],
+        heads: q.dims()[1],
+        n_q: q.dims()[2],
+        n_k: k.dims()[2],
+        head_dim: q.dims()[3],
+        v_dim: v.dims()[3],
+    }
+}
+
+fn key_mask(opts: &AttentionOptions) -> Result<Option<Cow<'_, [u32]>>> {
+    opts.key_padding_mask
+        .as_ref()
+        .map(|m| {
+            let s = cpu_storage(&**m.storage())?
+                .u32s()
+                .ok_or_else(|| Error::backend("cpu", "key padding mask is not u32"))?;
+            Ok(strided::view(s, m.layout()))
+        })
+        .transpose()
+}
+
+fn scale_of(q: &Tensor, opts: &AttentionOptions) -> f32 {
+    opts.scale
+        .unwrap_or_else(|| 1.0 / (q.dims()[3] as f64).sqrt()) as f32
+}
+
+/// True when the attention kernels can run this problem (they need non-empty head dims).
+pub fn attention_supported(q: &Tensor, v: &Tensor) -> bool {
+    kernel_dtype(q.dtype()) && q.dims()[3] > 0 && v.dims()[3] > 0
+}
+
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+) -> Result<AttentionOutput> {
+    let dims = attn_dims(q, k, v);
+    let (qi, ki, vi) = (attn_input(q)?, attn_input(k)?, attn_input(v)?);
+    let mask = key_mask(opts)?;
+    let rows = dims.batch * dims.heads * dims.n_q;
+    let mut out = vec![0.0f32; rows * dims.v_dim];
+    let mut lse = vec![0.0f32; rows];
+    kernels::attention::attention_forward(
+        qi.view(),
+        ki.view(),
+        vi.view(),
+        dims,
+        scale_of(q, opts),
+        opts.causal,
+        mask.as_deref(),
+        &mut out,
+        &mut lse,
+    );
+    let b_h_n = [dims.batch, dims.heads, dims.n_q];
+    Ok(AttentionOutput {
+        out: from_f32(
+            out,
+            [dims.batch, dims.heads, dims.n_q, dims.v_dim],
+            q.dtype(),
+            q,
+        )?,
+        lse: from_f32(lse, b_h_n, DType::F32, q)?,
+    })
+}
+
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &AttentionOutput,
+    d_out: &Tensor,
+    opts: &AttentionOptions,
+) -> Result<AttentionGrads> {
+    let dims = attn_dims(q, k, v);
+    let (qi, ki, vi) = (attn_input(q)?, attn_input(k)?, attn_input(v)?);
+    let (oi, doi) = (attn_input(&out.out)?, attn_input(d_out)?);
+    let lse = f32_data(&out.lse)?;
+    let mask = key_mask(opts)?;
+    let mut dq = vec![0.0f32; dims.batch * dims.heads * dims.n_q * dims.head_dim];
+    let mut dk = vec![0.0f32; dims.batch * dims.heads * dims.n_k * dims.head_dim];
+    let mut dv = vec![0.0f32; dims.batch * dims.heads * dims.n_k * dims.v_dim];
+    kernels::attention::attention_backward(
+        qi.view(),
+        ki.view(),
+        vi.view(),
+        oi.view(),
+        doi.view(),
+        &lse,
+        dims,
+        scale_of(q, opts),
+        opts.causal,
+        mask.as_deref(),
+        &mut dq,
+        &mut dk,
+        &mut dv,
+    );
+    Ok(AttentionGrads {
+        dq: from_f32(dq, q.shape(), q.dtype(), q)?,
+        dk: from_f32(dk, k.shape(), k.dtype(), q)?,
+        dv: from_f32(dv, v.shape(), v.dtype(), q)?,
+    })
+}
+
+pub fn patch_embed(
+    images: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &PatchEmbedOptions,
+) -> Result<Tensor> {
+    let d = images.dims();
+    let dims = PatchDims {
+        batch: d[0],
+        channels: d[1],
+        height: d[2],
+        width: d[3],
+        patch: opts.patch_size,
+        embed: weight.dims()[0],
+    };
+    let rows = (dims.height / dims.patch) * (dims.width / dims.patch)
+        + usize::from(opts.class_embedding.is_some());
+    let img = f32_data(images)?;
+    let w = f32_data(weight)?;
+    let b = bias.map(f32_data).transpose()?;
+    let cls = opts.class_embedding.as_ref().map(f32_data).transpose()?;
+    let pos = opts.position_embedding.as_ref().map(f32_data).transpose()?;
+    let mut out = vec![0.0f32; dims.batch * rows * dims.embed];
+    kernels::patch_embed::patch_embed(
+        &img,
+        dims,
+        &w,
+        b.as_deref(),
+        cls.as_deref(),
+        pos.as_deref(),
+        &mut out,
+    );
+    from_f32(out, [dims.batch, rows, dims.embed], images.dtype(), images)
+}
+
+pub fn contrastive_loss(
+    image: &Tensor,
+    text: &Tensor,
+    scale: &Tensor,
+) -> Result<ContrastiveOutput> {
+    let (n, d) = (image.dims()[0], image.dims()[1]);
+    let (img, txt) = (f32_data(image)?, f32_data(text)?);
+    let mut lse_rows = vec![0.0f32; n];
+    let mut lse_cols = vec![0.0f32; n];
+    let loss = kernels::contrastive::contrastive_forward(
+        &img,
+        &txt,
+        n,
+        d,
+        scalar_f32(scale)?,
+        &mut lse_rows,
+        &mut lse_cols,
+    );
+    Ok(ContrastiveOutput {
+        loss: from_f32(vec![loss], Shape::scalar(), DType::F32, image)?,
+        lse_rows: from_f32(lse_rows, n, DType::F32, image)?,
+        lse_cols: from_f32(lse_cols, n, DType::F32, image)?,
+    })
+}
+
+pub fn contrastive_loss_backward(
+    image: &Tensor,
+    text: &Tensor,
+    scale: &Tensor,
+    saved: &ContrastiveOutput,
+    d_loss: &Tensor,
+) -> Result<ContrastiveGrads> {
+    let (n, d) = (image.dims()[0], image.dims()[1]);
+    let (img, txt) = (f32_data(image)?, f32_data(text)?);
+    let (lse_rows, lse_cols) = (
+        saved.lse_rows.to_dtype(DType::F32)?,
+        saved.lse_cols.to_dtype(DType::F32)?,
+    );
+    let mut d_img = vec![0.0f32; n * d];
+    let mut d_txt = vec![0.0f32; n * d];
+    let d_scale = kernels::contrastive::contrastive_backward(
+        &img,
+        &txt,
+        n,
+        d,
+        scalar_f32(scale)?,
+        &f32_data(&lse_rows)?,
+        &f32_data(&lse_cols)?,
+        scalar_f32(d_loss)?,
+        &mut d_img,
+        &mut d_txt,
+    );
+    let scale_dtype = if kernel_dtype(scale.dtype()) {
+        scale.dtype()
+    } else {
+        DType::F32
+    };
+    Ok(ContrastiveGrads {
+        d_image: from_f32(d_img, image.shape(), image.dtype(), image)?,
+        d_text: from_f32(d_txt, text.shape(), text.dtype(), image)?,
+        d_scale: from_f32(vec![d_scale], scale.shape(), scale_dtype, image)?,
+    })
+}

@@ -1,0 +1,175 @@
+//! Layer normalization over the last dimension of contiguous rows, as
+//! `torch.nn.functional.layer_norm(x, (cols,), weight, bias, eps)`.
+//!
+//! `x` and `out` are `(rows, cols)` row-major; `weight` and `bias` are `(cols)`. Per row, with two
+//! vectorized passes over the (cache-resident) row: `mean = sum(x) / cols`, then the biased
+//! variance `var = sum((x - mean)^2) / cols` (exact two-pass, no `E[x^2] - mean^2`
+//! cancellation), then `out = (x - mean) * rsqrt(var + eps) * weight + bias`. Rows are split
+//! over rayon tasks of about 32K elements.
+
+use rayon::prelude::*;
+
+use super::simd::{self, LANES, multiversion};
+
+/// Layer norm of each `cols`-long row of `x` into `out`; `weight`/`bias` default to 1/0.
+///
+/// # Panics
+/// If `cols == 0`, `x.len()` is not a multiple of `cols`, `out.len() != x.len()`, or `weight` /
+/// `bias` are not `cols` long.
+pub fn layer_norm_rows(
+    x: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f32,
+    out: &mut [f32],
+    cols: usize,
+) {
+    assert!(cols > 0, "layer_norm: cols must be positive");
+    assert_eq!(
+        x.len() % cols,
+        0,
+        "layer_norm: x.len() is not a multiple of cols"
+    );
+    assert_eq!(x.len(), out.len(), "layer_norm: x and out lengths differ");
+    assert!(
+        weight.is_none_or(|w| w.len() == cols),
+        "layer_norm: weight length"
+    );
+    assert!(
+        bias.is_none_or(|b| b.len() == cols),
+        "layer_norm: bias length"
+    );
+    let chunk = simd::rows_per_task(cols) * cols;
+    if x.len() <= chunk {
+        ln_block(x, weight, bias, eps, out, cols);
+    } else {
+        x.par_chunks(chunk)
+            .zip(out.par_chunks_mut(chunk))
+            .for_each(|(x, o)| ln_block(x, weight, bias, eps, o, cols));
+    }
+}
+
+multiversion! {
+    fn ln_block(
+        x: &[f32],
+        weight: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        eps: f32,
+        out: &mut [f32],
+        cols: usize,
+    ) => ln_block_impl;
+}
+
+#[inline(always)]
+fn ln_block_impl<const FMA: bool>(
+    x: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f32,
+    out: &mut [f32],
+    cols: usize,
+) {
+    let inv_n = 1.0 / cols as f32;
+    for (row, o) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let mean = simd::sum(row) * inv_n;
+        let mut acc = [0.0f32; LANES];
+        let chunks = row.chunks_exact(LANES);
+        let mut tail = 0.0f32;
+        for &v in chunks.remainder() {
+            let d = v - mean;
+            tail = simd::madd::<FMA>(d, d, tail);
+        }
+        for c in chunks {
+            for l in 0..LANES {
+                let d = c[l] - mean;
+                acc[l] = simd::madd::<FMA>(d, d, acc[l]);
+            }
+        }
+        let var = (simd::hsum(&acc) + tail) * inv_n;
+        let rstd = 1.0 / (var + eps).sqrt();
+        match (weight, bias) {
+            (Some(w), Some(b)) => {
+                for (((o, &v), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                    *o = simd::madd::<FMA>((v - mean) * rstd, w, b);
+                }
+            }
+            (Some(w), None) => {
+                for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+                    *o = (v - mean) * rstd * w;
+                }
+            }
+            (None, Some(b)) => {
+                for ((o, &v), &b) in o.iter_mut().zip(row).zip(b) {
+                    *o = (v - mean) * rstd + b;
+                }
+            }
+            (None, None) => {
+                for (o, &v) in o.iter_mut().zip(row) {
+                    *o = (v - mean) * rstd;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::{assert_close, rand_vec};
+    use proptest::prelude::*;
+
+    fn reference(
+        x: &[f32],
+        w: Option<&[f32]>,
+        b: Option<&[f32]>,
+        eps: f32,
+        cols: usize,
+    ) -> Vec<f32> {
+        let mut out = Vec::new();
+        for row in x.chunks(cols) {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
+            let rstd = 1.0 / (var + eps as f64).sqrt();
+            for (j, &v) in row.iter().enumerate() {
+                let y = (v as f64 - mean) * rstd * w.map_or(1.0, |w| w[j] as f64)
+                    + b.map_or(0.0, |b| b[j] as f64);
+                out.push(y as f32);
+            }
+        }
+        out
+    }
+
+    // Tolerance: abs 2e-5 + rel 1e-5 (outputs are O(1..10); f32 row statistics).
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn matches_reference(rows in 1usize..30, cols in 1usize..800, seed in any::<u64>(),
+                             offset in -100.0f32..100.0, which in 0u8..4) {
+            let x: Vec<f32> = rand_vec(rows * cols, seed, 3.0).iter().map(|v| v + offset).collect();
+            let w = rand_vec(cols, seed ^ 1, 2.0);
+            let b = rand_vec(cols, seed ^ 2, 1.0);
+            let (w, b) = match which { 0 => (Some(&w[..]), Some(&b[..])), 1 => (Some(&w[..]), None),
+                2 => (None, Some(&b[..])), _ => (None, None) };
+            let mut out = vec![0.0; x.len()];
+            layer_norm_rows(&x, w, b, 1e-5, &mut out, cols);
+            assert_close(&out, &reference(&x, w, b, 1e-5, cols), 2e-4, 1e-4, "layer_norm");
+        }
+    }
+
+    #[test]
+    fn large_parallel() {
+        let cols = 768;
+        let x = rand_vec(cols * 200, 9, 4.0);
+        let w = rand_vec(cols, 10, 1.0);
+        let b = rand_vec(cols, 11, 1.0);
+        let mut out = vec![0.0; x.len()];
+        layer_norm_rows(&x, Some(&w), Some(&b), 1e-6, &mut out, cols);
+        assert_close(
+            &out,
+            &reference(&x, Some(&w), Some(&b), 1e-6, cols),
+            2e-5,
+            1e-5,
+            "ln",
+        );
+    }
+}
