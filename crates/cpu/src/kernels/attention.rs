@@ -11,7 +11,7 @@
 //! `lse_i = -inf` (torch gives NaN there).
 //!
 //! Forward algorithm: rayon tasks over `(b, h, query tile)` (tiles of <= 64 rows). Each task
-//! streams key/value tiles (the whole key range at once when `Nk <= 512`, else tiles of <= 256
+//! streams key/value tiles (the whole key range at once when `Nk <= 1024`, else tiles of <= 256
 //! keys): `S = scale Q K^T` via [`sgemm`], masking, online softmax (running max `m`, running sum
 //! `l`, rescaling the accumulator by `e^{m_old - m_new}`), `acc += P V` via [`sgemm`]. Key tiles
 //! entirely above the causal diagonal are skipped. Scratch per task is `O(tile^2)`; no `N x N`
@@ -104,7 +104,7 @@ pub struct AttnDims {
 /// Query rows per tile (upper bound; tiles are evened out).
 const BQ: usize = 64;
 /// Keys processed in one tile when `Nk <= SINGLE_KV` (the whole range).
-const SINGLE_KV: usize = 512;
+const SINGLE_KV: usize = 1024;
 /// Key tile (upper bound) when `Nk > SINGLE_KV`.
 const BK: usize = 256;
 /// Key tile of the backward pass.
@@ -763,9 +763,9 @@ mod tests {
 
     #[test]
     fn long_keys_multi_tile() {
-        // n_k > SINGLE_KV exercises the streamed online softmax.
+        // n_k > SINGLE_KV (1024) exercises the streamed online softmax.
         for (causal, mask) in [(false, false), (true, false), (true, true)] {
-            let (b, h, nq, nk, d) = (1, 2, 70, 700, 64);
+            let (b, h, nq, nk, d) = (1, 2, 70, 1300, 64);
             let c = Case {
                 dims: AttnDims {
                     batch: b,

@@ -24,7 +24,7 @@ use super::simd::{self, LANES, multiversion};
 use crate::gemm::{MatRef, sgemm};
 
 /// Rows per task (and tile height).
-const TI: usize = 256;
+const TI: usize = 512;
 /// Tile width (columns of the logits tile).
 const TJ: usize = 256;
 
@@ -148,35 +148,36 @@ pub fn contrastive_forward(
         .map(|(bi, lse_r)| {
             let i0 = bi * TI;
             let rows = lse_r.len();
-            let mut s = vec![0.0f32; rows * TJ];
-            let mut tmp = vec![0.0f32; 2 * TJ];
-            let mut row_m = vec![f32::NEG_INFINITY; rows];
-            let mut row_l = vec![0.0f32; rows];
-            // Column state: first n = max, last n = sum.
-            let mut col = vec![0.0f32; 2 * n];
-            col[..n].fill(f32::NEG_INFINITY);
-            let (col_m, col_l) = col.split_at_mut(n);
-            let a = MatRef::row_major(&img[i0 * d..], d);
-            for j0 in (0..n).step_by(TJ) {
-                let cols = TJ.min(n - j0);
-                let bt = MatRef::new(&txt[j0 * d..], 1, d);
-                sgemm(rows, cols, d, scale, a, bt, false, &mut s, TJ, false);
-                lse_tile(
-                    &s,
-                    TJ,
-                    rows,
-                    cols,
-                    &mut row_m,
-                    &mut row_l,
-                    &mut col_m[j0..j0 + cols],
-                    &mut col_l[j0..j0 + cols],
-                    &mut tmp,
-                );
-            }
-            for ((o, &m), &l) in lse_r.iter_mut().zip(&row_m).zip(&row_l) {
-                *o = m + l.ln();
-            }
-            col
+            simd::with_scratch(rows * TJ, |s| {
+                let mut tmp = vec![0.0f32; 2 * TJ];
+                let mut row_m = vec![f32::NEG_INFINITY; rows];
+                let mut row_l = vec![0.0f32; rows];
+                // Column state: first n = max, last n = sum.
+                let mut col = vec![0.0f32; 2 * n];
+                col[..n].fill(f32::NEG_INFINITY);
+                let (col_m, col_l) = col.split_at_mut(n);
+                let a = MatRef::row_major(&img[i0 * d..], d);
+                for j0 in (0..n).step_by(TJ) {
+                    let cols = TJ.min(n - j0);
+                    let bt = MatRef::new(&txt[j0 * d..], 1, d);
+                    sgemm(rows, cols, d, scale, a, bt, false, s, TJ, false);
+                    lse_tile(
+                        s,
+                        TJ,
+                        rows,
+                        cols,
+                        &mut row_m,
+                        &mut row_l,
+                        &mut col_m[j0..j0 + cols],
+                        &mut col_l[j0..j0 + cols],
+                        &mut tmp,
+                    );
+                }
+                for ((o, &m), &l) in lse_r.iter_mut().zip(&row_m).zip(&row_l) {
+                    *o = m + l.ln();
+                }
+                col
+            })
         })
         .collect();
     lse_cols.par_iter_mut().enumerate().for_each(|(j, o)| {

@@ -77,9 +77,26 @@ fn gather(
             for ky in 0..p {
                 let src = c * h * w + (py * p + ky) * w + px * p;
                 let d0 = (c * p + ky) * p;
-                dst[d0..d0 + p].copy_from_slice(&img[src..src + p]);
+                copy_row(&mut dst[d0..d0 + p], &img[src..src + p]);
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` with the common patch widths as fixed-size (inlined) copies rather
+/// than `memcpy` calls.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let d: &mut [f32; N] = dst.try_into().expect("length checked by the caller");
+        let s: &[f32; N] = src.try_into().expect("length checked by the caller");
+        *d = *s;
+    }
+    match dst.len() {
+        14 => fixed::<14>(dst, src),
+        16 => fixed::<16>(dst, src),
+        32 => fixed::<32>(dst, src),
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -141,9 +158,8 @@ pub fn patch_embed(
         }
     }
     let wt = MatRef::new(weight, 1, g.cpp);
-    tasks.into_par_iter().for_each_init(
-        || vec![0.0f32; block * g.cpp],
-        |a, (b, t0, o)| {
+    tasks.into_par_iter().for_each(|(b, t0, o)| {
+        super::simd::with_scratch(block * g.cpp, |a| {
             let count = o.len() / e;
             gather(images, &dims, &g, b, t0, count, a);
             sgemm(
@@ -169,8 +185,8 @@ pub fn patch_embed(
                         .for_each(|(o, &p)| *o += p);
                 }
             }
-        },
-    );
+        })
+    });
 }
 
 /// Gradients of [`patch_embed`] with respect to the weight `(E, C*p*p)` and the bias `(E)`,
@@ -214,32 +230,33 @@ pub fn patch_embed_weight_grad(
         .for_each(|(ci, (dw, db))| {
             let e0 = ci * ec;
             let ecount = db.len();
-            let mut a = vec![0.0f32; block.max(1) * g.cpp];
-            for b in 0..dims.batch {
-                for t0 in (0..g.patches).step_by(block.max(1)) {
-                    let count = block.min(g.patches - t0);
-                    gather(images, &dims, &g, b, t0, count, &mut a);
-                    let start = (b * rows + hc + t0) * e + e0;
-                    // d_out block transposed: element (e, t) = d_out[start + t * E + e].
-                    let dyt = MatRef::new(&d_out[start..], 1, e);
-                    sgemm(
-                        ecount,
-                        g.cpp,
-                        count,
-                        1.0,
-                        dyt,
-                        MatRef::row_major(&a, g.cpp),
-                        true,
-                        dw,
-                        g.cpp,
-                        false,
-                    );
-                    for t in 0..count {
-                        let r = &d_out[start + t * e..start + t * e + ecount];
-                        db.iter_mut().zip(r).for_each(|(d, &x)| *d += x);
+            super::simd::with_scratch(block.max(1) * g.cpp, |a| {
+                for b in 0..dims.batch {
+                    for t0 in (0..g.patches).step_by(block.max(1)) {
+                        let count = block.min(g.patches - t0);
+                        gather(images, &dims, &g, b, t0, count, a);
+                        let start = (b * rows + hc + t0) * e + e0;
+                        // d_out block transposed: element (e, t) = d_out[start + t * E + e].
+                        let dyt = MatRef::new(&d_out[start..], 1, e);
+                        sgemm(
+                            ecount,
+                            g.cpp,
+                            count,
+                            1.0,
+                            dyt,
+                            MatRef::row_major(a, g.cpp),
+                            true,
+                            dw,
+                            g.cpp,
+                            false,
+                        );
+                        for t in 0..count {
+                            let r = &d_out[start + t * e..start + t * e + ecount];
+                            db.iter_mut().zip(r).for_each(|(d, &x)| *d += x);
+                        }
                     }
                 }
-            }
+            });
         });
     (d_weight, d_bias)
 }

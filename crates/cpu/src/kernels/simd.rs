@@ -335,3 +335,22 @@ pub(crate) const PAR_CHUNK: usize = 1 << 15;
 pub(crate) fn rows_per_task(cols: usize) -> usize {
     (PAR_CHUNK / cols.max(1)).max(1)
 }
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a zero-initialized-once (contents unspecified) scratch slice of `len` floats,
+/// reused across calls on the same thread (large fresh allocations would be `mmap`ed and
+/// page-faulted every time). Falls back to a fresh buffer if the thread's scratch is in use.
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
