@@ -10,6 +10,7 @@ use glimpse_tensor::{
     Error, PatchEmbedOptions, Result, Shape, Tensor,
 };
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use crate::backend::cpu_storage;
 use crate::kernels::{self, attention::AttnDims, attention::AttnView, patch_embed::PatchDims};
@@ -66,6 +67,32 @@ pub fn from_f32(
     )
 }
 
+/// A new vector of `len` floats, filled in parallel chunk by chunk by `fill(start, chunk_out)`.
+/// Each chunk is zeroed just before its kernel runs, so the zeroing and the kernel's writes
+/// hit the same cache lines, instead of a separate zero-filling pass over the whole output.
+fn produce(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let chunk = chunk.max(1);
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            dst.fill(std::mem::MaybeUninit::new(0.0));
+            // SAFETY: every element of `dst` was initialised just above, and
+            // `MaybeUninit<f32>` has the same layout as `f32`.
+            let dst = unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            fill(i * chunk, dst);
+        });
+    // SAFETY: the chunks above cover `0..len` exactly and every element was initialised.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Chunk length for row-wise kernels: whole rows, about one parallel task's worth.
+fn row_chunk(cols: usize) -> usize {
+    kernels::simd::rows_per_task(cols) * cols
+}
+
 fn scalar_f32(t: &Tensor) -> Result<f32> {
     Ok(t.to_f64_vec()?[0] as f32)
 }
@@ -74,14 +101,17 @@ fn scalar_f32(t: &Tensor) -> Result<f32> {
 pub fn softmax_last_dim(x: &Tensor, log: bool) -> Result<Tensor> {
     let cols = *x.dims().last().expect("checked by the tensor crate");
     let data = f32_data(x)?;
-    let mut out = vec![0.0f32; data.len()];
-    if cols > 0 && !data.is_empty() {
-        if log {
-            kernels::softmax::log_softmax_rows(&data, &mut out, cols);
-        } else {
-            kernels::softmax::softmax_rows(&data, &mut out, cols);
-        }
+    if cols == 0 || data.is_empty() {
+        return from_f32(Vec::new(), x.shape(), x.dtype(), x);
     }
+    let kernel = if log {
+        kernels::softmax::log_softmax_rows
+    } else {
+        kernels::softmax::softmax_rows
+    };
+    let out = produce(data.len(), row_chunk(cols), |start, out| {
+        kernel(&data[start..start + out.len()], out, cols)
+    });
     from_f32(out, x.shape(), x.dtype(), x)
 }
 
@@ -95,28 +125,33 @@ pub fn layer_norm(
     let data = f32_data(x)?;
     let w = weight.map(f32_data).transpose()?;
     let b = bias.map(f32_data).transpose()?;
-    let mut out = vec![0.0f32; data.len()];
-    if cols > 0 && !data.is_empty() {
-        kernels::layer_norm::layer_norm_rows(
-            &data,
-            w.as_deref(),
-            b.as_deref(),
-            eps as f32,
-            &mut out,
-            cols,
-        );
+    if cols == 0 || data.is_empty() {
+        return from_f32(Vec::new(), x.shape(), x.dtype(), x);
     }
+    let (w, b) = (w.as_deref(), b.as_deref());
+    let out = produce(data.len(), row_chunk(cols), |start, out| {
+        kernels::layer_norm::layer_norm_rows(
+            &data[start..start + out.len()],
+            w,
+            b,
+            eps as f32,
+            out,
+            cols,
+        )
+    });
     from_f32(out, x.shape(), x.dtype(), x)
 }
 
 pub fn gelu(x: &Tensor, kind: glimpse_tensor::GeluKind) -> Result<Tensor> {
     let data = f32_data(x)?;
-    let mut out = vec![0.0f32; data.len()];
-    match kind {
-        glimpse_tensor::GeluKind::Erf => kernels::gelu::gelu_erf(&data, &mut out),
-        glimpse_tensor::GeluKind::Tanh => kernels::gelu::gelu_tanh(&data, &mut out),
-        glimpse_tensor::GeluKind::Quick => kernels::gelu::quick_gelu(&data, &mut out),
-    }
+    let kernel = match kind {
+        glimpse_tensor::GeluKind::Erf => kernels::gelu::gelu_erf,
+        glimpse_tensor::GeluKind::Tanh => kernels::gelu::gelu_tanh,
+        glimpse_tensor::GeluKind::Quick => kernels::gelu::quick_gelu,
+    };
+    let out = produce(data.len(), kernels::simd::PAR_CHUNK, |start, out| {
+        kernel(&data[start..start + out.len()], out)
+    });
     from_f32(out, x.shape(), x.dtype(), x)
 }
 

@@ -101,6 +101,38 @@ pub struct AttnDims {
     pub v_dim: usize,
 }
 
+impl AttnDims {
+    /// Panics unless `q`, `k`, `v`, the key mask and the log-sum-exp length fit these sizes.
+    fn check_inputs(
+        &self,
+        q: &AttnView<'_>,
+        k: &AttnView<'_>,
+        v: &AttnView<'_>,
+        key_mask: Option<&[u32]>,
+        lse_len: usize,
+    ) {
+        let AttnDims {
+            batch,
+            heads,
+            n_q,
+            n_k,
+            head_dim,
+            v_dim,
+        } = *self;
+        assert!(
+            head_dim > 0 && v_dim > 0,
+            "attention: head_dim and v_dim must be positive"
+        );
+        q.check("q", batch, heads, n_q, head_dim);
+        k.check("k", batch, heads, n_k, head_dim);
+        v.check("v", batch, heads, n_k, v_dim);
+        assert_eq!(lse_len, batch * heads * n_q, "attention: lse length");
+        if let Some(km) = key_mask {
+            assert_eq!(km.len(), batch * n_k, "attention: key_mask length");
+        }
+    }
+}
+
 /// Query rows per tile (upper bound; tiles are evened out).
 const BQ: usize = 64;
 /// Keys processed in one tile when `Nk <= SINGLE_KV` (the whole range).
@@ -235,18 +267,8 @@ pub fn attention_forward(
         head_dim: d,
         v_dim: dv,
     } = dims;
-    assert!(
-        d > 0 && dv > 0,
-        "attention: head_dim and v_dim must be positive"
-    );
-    q.check("q", batch, heads, n_q, d);
-    k.check("k", batch, heads, n_k, d);
-    v.check("v", batch, heads, n_k, dv);
+    dims.check_inputs(&q, &k, &v, key_mask, lse.len());
     assert_eq!(out.len(), batch * heads * n_q * dv, "attention: out length");
-    assert_eq!(lse.len(), batch * heads * n_q, "attention: lse length");
-    if let Some(km) = key_mask {
-        assert_eq!(km.len(), batch * n_k, "attention: key_mask length");
-    }
     if n_q == 0 || batch == 0 || heads == 0 {
         return;
     }
@@ -402,22 +424,12 @@ pub fn attention_backward(
         head_dim: d,
         v_dim: dvd,
     } = dims;
-    assert!(
-        d > 0 && dvd > 0,
-        "attention: head_dim and v_dim must be positive"
-    );
-    q.check("q", batch, heads, n_q, d);
-    k.check("k", batch, heads, n_k, d);
-    v.check("v", batch, heads, n_k, dvd);
+    dims.check_inputs(&q, &k, &v, key_mask, lse.len());
     out.check("out", batch, heads, n_q, dvd);
     d_out.check("d_out", batch, heads, n_q, dvd);
-    assert_eq!(lse.len(), batch * heads * n_q, "attention: lse length");
     assert_eq!(dq.len(), batch * heads * n_q * d, "attention: dq length");
     assert_eq!(dk.len(), batch * heads * n_k * d, "attention: dk length");
     assert_eq!(dv.len(), batch * heads * n_k * dvd, "attention: dv length");
-    if let Some(km) = key_mask {
-        assert_eq!(km.len(), batch * n_k, "attention: key_mask length");
-    }
     dq.fill(0.0);
     dk.fill(0.0);
     dv.fill(0.0);
