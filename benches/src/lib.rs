@@ -45,6 +45,48 @@ pub fn matmul(m: usize, k: usize, n: usize, device: &Device) -> Result<Workload>
     ))
 }
 
+/// The same product through the gemm crate (AVX-512 kernels, rayon), for comparison.
+#[cfg(feature = "gemm-crate")]
+pub fn matmul_gemm_crate(m: usize, k: usize, n: usize) -> Workload {
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32) * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32) * 0.1).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    workload(
+        format!("gemm crate {m}x{k}x{n}"),
+        2.0 * (m * k * n) as f64,
+        move || {
+            let mut c = vec![0.0f32; m * n];
+            // SAFETY: the pointers cover m*k, k*n and m*n row-major f32s (column stride 1, row
+            // stride = the number of columns), all of which live until the call returns.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    k as isize,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
+                );
+            }
+            std::hint::black_box(&c);
+            Ok(())
+        },
+    )
+}
+
 /// Fused attention forward, f32, `(B, H, N, D)` without masks.
 pub fn attention(b: usize, h: usize, n: usize, d: usize, device: &Device) -> Result<Workload> {
     let q = normal(&[b, h, n, d], 3, device)?;
@@ -148,6 +190,10 @@ pub fn cpu_suite(device: &Device) -> Result<Vec<Workload>> {
     w.push(matmul(1576, 768, 2304, device)?);
     w.push(matmul(1576, 768, 3072, device)?);
     w.push(matmul(1576, 3072, 768, device)?);
+    #[cfg(feature = "gemm-crate")]
+    for s in [1024, 2048] {
+        w.push(matmul_gemm_crate(s, s, s));
+    }
     w.push(attention(8, 12, 197, 64, device)?);
     w.push(attention(1, 12, 577, 64, device)?);
     w.push(layer_norm(1576, 768, device)?);

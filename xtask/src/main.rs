@@ -153,6 +153,11 @@ fn bench_compare_cpu(filter: Option<&str>) -> Result<(), String> {
     let torch_text = output(&mut torch)?;
     let theirs = parse_rows(&torch_text);
     let info = torch_text.lines().last().unwrap_or_default();
+    // Rows that only glimpse's side has (the gemm crate reference).
+    let extra: Vec<&Row> = ours
+        .iter()
+        .filter(|o| !theirs.iter().any(|t| t.name == o.name))
+        .collect();
 
     println!(
         "| workload | glimpse ms | PyTorch ms | PyTorch / glimpse | glimpse GFLOP/s | PyTorch GFLOP/s |"
@@ -173,6 +178,14 @@ fn bench_compare_cpu(filter: Option<&str>) -> Result<(), String> {
             t.name,
             t.median_ms,
             gf(t.gflops)
+        );
+    }
+    for o in extra {
+        println!(
+            "| {} | {:.3} | - | - | {} | - |",
+            o.name,
+            o.median_ms,
+            gf(o.gflops)
         );
     }
     println!("\nPyTorch: {info}");

@@ -387,14 +387,10 @@ pub fn contrastive_loss_backward(
         &mut d_img,
         &mut d_txt,
     );
-    let scale_dtype = if kernel_dtype(scale.dtype()) {
-        scale.dtype()
-    } else {
-        DType::F32
-    };
     Ok(ContrastiveGrads {
         d_image: from_f32(d_img, image.shape(), image.dtype(), image)?,
         d_text: from_f32(d_txt, text.shape(), text.dtype(), image)?,
-        d_scale: from_f32(vec![d_scale], scale.shape(), scale_dtype, image)?,
+        d_scale: from_f32(vec![d_scale], scale.shape(), DType::F32, image)?
+            .to_dtype(scale.dtype())?,
     })
 }
