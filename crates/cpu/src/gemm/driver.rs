@@ -114,8 +114,107 @@ impl CPtr {
 /// Work (m * n * k) below which spreading over threads costs more than it gains.
 const PAR_MIN_WORK: usize = 1 << 20;
 
+/// The right-hand operand of [`gemm`]: a strided view packed block by block as the driver walks
+/// it, or a whole operand packed ahead of time (see [`PackedPanels`]).
+#[derive(Clone, Copy)]
+pub(super) enum BSrc<'a> {
+    /// Packed into the thread-local buffer per `kc x nc` block.
+    View(MatRef<'a>),
+    /// Already packed; `col0` is the packed column of this operand's column 0 (non-zero for the
+    /// column range of one parallel task).
+    Packed { b: &'a PackedPanels, col0: usize },
+}
+
+impl<'a> BSrc<'a> {
+    /// The operand with its first `lo` columns dropped.
+    fn cols_from(self, lo: usize) -> Self {
+        match self {
+            BSrc::View(b) => BSrc::View(MatRef::new(
+                &b.data[lo * b.col_stride..],
+                b.row_stride,
+                b.col_stride,
+            )),
+            BSrc::Packed { b, col0 } => BSrc::Packed { b, col0: col0 + lo },
+        }
+    }
+}
+
+/// A `k x n` right-hand operand packed once into the driver's panel layout for one kernel.
+///
+/// Block `(jc, pc)` (`jc` a multiple of `kern.nc`, `pc` of `kern.kc`) is laid out exactly as
+/// [`pack_b`] writes it, with width `ncp = min(nc, n - jc)` rounded up to `nr`, and starts at
+/// float `jc * k + pc * ncp`: the blocks of one column panel are consecutive, and each column
+/// panel holds `k * ncp` floats. Storage starts 64-byte aligned, and every offset above is a
+/// multiple of 16 floats, so every micro-panel is aligned as the kernels require.
+pub(super) struct PackedPanels {
+    pub kern: Kernel,
+    pub k: usize,
+    pub n: usize,
+    /// Backing storage; the packed data is `buf[off..off + len]`.
+    buf: Vec<f32>,
+    off: usize,
+}
+
+impl PackedPanels {
+    /// Packs `b` (`k x n`, already checked to be in bounds when `k, n >= 1`) for `kern`.
+    pub fn new(kern: Kernel, k: usize, n: usize, b: MatRef<'_>) -> Self {
+        const ALIGN_F32: usize = 16;
+        let len = k * n.next_multiple_of(kern.nr);
+        let buf = vec![0.0f32; len + ALIGN_F32];
+        let off = buf.as_ptr().align_offset(ALIGN_F32 * 4);
+        let mut p = PackedPanels {
+            kern,
+            k,
+            n,
+            buf,
+            off,
+        };
+        if len == 0 {
+            return p;
+        }
+        // Split the storage into its blocks, in layout order.
+        let mut blocks = Vec::new();
+        let mut rest = &mut p.buf[off..off + len];
+        for jc in (0..n).step_by(kern.nc) {
+            let nc = kern.nc.min(n - jc);
+            let ncp = nc.next_multiple_of(kern.nr);
+            for pc in (0..k).step_by(kern.kc) {
+                let kc = kern.kc.min(k - pc);
+                let (blk, tail) = rest.split_at_mut(kc * ncp);
+                rest = tail;
+                blocks.push((jc, nc, pc, kc, blk));
+            }
+        }
+        let pack = |(jc, nc, pc, kc, blk): (usize, usize, usize, usize, &mut [f32])| {
+            pack_b(&kern, b, pc, kc, jc, nc, blk)
+        };
+        if blocks.len() > 1 && len >= PAR_MIN_PACK {
+            use rayon::prelude::*;
+            blocks.into_par_iter().for_each(pack);
+        } else {
+            blocks.into_iter().for_each(pack);
+        }
+        p
+    }
+
+    /// The micro-panel (`kc x nr`, `kc` the depth of block `pc`) holding packed column `j` (a
+    /// multiple of `nr`, `< n`) at depth block `pc` (a multiple of `kern.kc`, `< k`).
+    fn panel(&self, pc: usize, j: usize) -> *const f32 {
+        let kern = &self.kern;
+        let jc = j - j % kern.nc;
+        let ncp = kern.nc.min(self.n - jc).next_multiple_of(kern.nr);
+        let kc = kern.kc.min(self.k - pc);
+        let at = jc * self.k + pc * ncp + (j - jc) * kc;
+        self.buf[self.off + at..self.off + at + kc * kern.nr].as_ptr()
+    }
+}
+
+/// Packed floats above which [`PackedPanels::new`] packs its blocks in parallel.
+const PAR_MIN_PACK: usize = 1 << 16;
+
 /// `C = alpha * A @ B (+ C)` for `m, n, k >= 1` and views already checked to be in bounds
-/// (`c` holds the `m x n` block with leading dimension `ldc >= n` when `m > 1`).
+/// (`c` holds the `m x n` block with leading dimension `ldc >= n` when `m > 1`; a packed `b`
+/// was packed for `kern` with at least `k` rows and `n` columns).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm(
     kern: &Kernel,
@@ -124,7 +223,7 @@ pub(super) fn gemm(
     k: usize,
     alpha: f32,
     a: MatRef<'_>,
-    b: MatRef<'_>,
+    b: BSrc<'_>,
     accumulate: bool,
     c: &mut [f32],
     ldc: usize,
@@ -164,7 +263,8 @@ pub(super) fn gemm(
                 gemm_block(kern, hi - lo, n, k, alpha, a_sub, b, accumulate, c_sub, ldc);
             }
         } else {
-            let b_sub = MatRef::new(&b.data[lo * b.col_stride..], b.row_stride, b.col_stride);
+            // `lo` is a multiple of `nr`, so packed columns stay on micro-panel boundaries.
+            let b_sub = b.cols_from(lo);
             // SAFETY: columns `lo..hi` of C belong to this task only; the offset stays inside C.
             unsafe {
                 let c_sub = CPtr(cp.get().add(lo));
@@ -178,7 +278,8 @@ pub(super) fn gemm(
 ///
 /// # Safety
 /// `c` must be exclusively writable at `c[i * ldc + j]` for `i < m`, `j < n`, and the views must
-/// address only elements inside their slices for `i < m`, `j < n`, `p < k`.
+/// address only elements inside their slices for `i < m`, `j < n`, `p < k`; a packed `b` must
+/// have been packed for `kern`, with `col0` a multiple of `nr` and `col0 + n` columns at most.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_block(
     kern: &Kernel,
@@ -187,7 +288,7 @@ unsafe fn gemm_block(
     k: usize,
     alpha: f32,
     a: MatRef<'_>,
-    b: MatRef<'_>,
+    b: BSrc<'_>,
     accumulate: bool,
     c: CPtr,
     ldc: usize,
@@ -195,7 +296,10 @@ unsafe fn gemm_block(
     let (mr, nr) = (kern.mr, kern.nr);
     let kc_max = kern.kc.min(k);
     let mc_max = kern.mc.min(m.next_multiple_of(mr));
-    let nc_max = kern.nc.min(n.next_multiple_of(nr));
+    let nc_max = match b {
+        BSrc::View(_) => kern.nc.min(n.next_multiple_of(nr)),
+        BSrc::Packed { .. } => 0,
+    };
     BUFS.with(|cell| {
         // A nested call on this thread (not expected: nothing below re-enters) gets fresh buffers.
         let mut fresh = None;
@@ -214,7 +318,14 @@ unsafe fn gemm_block(
             for pc in (0..k).step_by(kern.kc) {
                 let kc = kern.kc.min(k - pc);
                 let acc = accumulate || pc > 0;
-                pack_b(kern, b, pc, kc, jc, nc, bp);
+                // The B micro-panel of columns `jc + jr ..`.
+                let b_panel: &dyn Fn(usize) -> *const f32 = match b {
+                    BSrc::View(v) => {
+                        pack_b(kern, v, pc, kc, jc, nc, bp);
+                        &|jr| bp[jr * kc..(jr + nr) * kc].as_ptr()
+                    }
+                    BSrc::Packed { b, col0 } => &move |jr| b.panel(pc, col0 + jc + jr),
+                };
                 for ic in (0..m).step_by(kern.mc) {
                     let mc = kern.mc.min(m - ic);
                     pack_a(kern, a, ic, mc, pc, kc, ap);
@@ -225,15 +336,16 @@ unsafe fn gemm_block(
                         for jr in (0..nc).step_by(nr) {
                             let nrr = nr.min(nc - jr);
                             // SAFETY: the packed panels hold `kc * mr` / `kc * nr` floats at these
-                            // offsets (B panels start 64-byte aligned since `kc * nr * 4` is a
-                            // multiple of 64), the kernel matches the ISA chosen at dispatch, and
+                            // offsets (B panels start 64-byte aligned: buffers are aligned and
+                            // every panel offset is a multiple of 16 floats), the kernel matches
+                            // the ISA chosen at dispatch (a packed B was packed for `kern`), and
                             // the C tile at (ic + ir, jc + jr) of size `mrr x nrr` is inside our
                             // exclusively owned `m x n` block.
                             unsafe {
                                 (kern.run)(
                                     kc,
                                     a_panel,
-                                    bp[jr * kc..].as_ptr(),
+                                    b_panel(jr),
                                     c.0.add((ic + ir) * ldc + jc + jr),
                                     ldc,
                                     mrr,

@@ -36,6 +36,10 @@
 //! 1 MiB L2.) The AVX-512 kernel also packs row-major A and transposed B with an in-register
 //! 16 x 16 transpose rather than scalar strided stores.
 //!
+//! [`sgemm_packed_b`] runs the same loop nest with B packed ahead of time ([`PackedB`]: every
+//! `KC x NC` block in the layout `pack B` writes), so an operand multiplied many times (a
+//! weight) is packed once rather than per call.
+//!
 //! With `parallel`, C is split over the rayon pool along its larger dimension in whole register
 //! tiles, one chunk per thread, each chunk running the loop nest above with its own thread-local
 //! packing buffers. `m == 1` and `n == 1` go to a streaming matrix-vector path (`gemv.rs`)
@@ -207,23 +211,7 @@ fn sgemm_isa(
     ldc: usize,
     parallel: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // Rows of C must not overlap (tasks write them concurrently) and must fit the slice.
-    assert!(m == 1 || ldc >= n, "sgemm: ldc {ldc} < n {n}");
-    let c_end = (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n));
-    assert!(
-        c_end.is_some_and(|e| e <= c.len()),
-        "sgemm: C ({m} x {n}, ldc {ldc}) exceeds its slice of {}",
-        c.len()
-    );
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                c[i * ldc..i * ldc + n].fill(0.0);
-            }
-        }
+    if !check_c(m, n, k, accumulate, c, ldc) {
         return;
     }
     check_view(&a, m, k, "A");
@@ -265,13 +253,131 @@ fn sgemm_isa(
             k,
             alpha,
             a,
-            b,
+            driver::BSrc::View(b),
             accumulate,
             c,
             ldc,
             parallel,
         );
     }
+}
+
+/// A `k x n` right-hand operand packed once, ahead of time, into the blocked panel layout of the
+/// micro-kernel this CPU runs, for reuse across many [`sgemm_packed_b`] calls (e.g. a weight
+/// multiplied by many activation blocks).
+///
+/// Holds `k * n` floats rounded up to the kernel's register tile width.
+pub struct PackedB {
+    inner: driver::PackedPanels,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedB")
+            .field("k", &self.inner.k)
+            .field("n", &self.inner.n)
+            .field("nr", &self.inner.kern.nr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PackedB {
+    /// Packs the `k x n` matrix `b` (read through its strides, so a transposed view costs
+    /// nothing extra).
+    ///
+    /// # Panics
+    /// If `b` addresses elements outside its slice.
+    pub fn new(k: usize, n: usize, b: MatRef<'_>) -> Self {
+        Self::new_isa(detected_isa(), k, n, b)
+    }
+
+    /// [`PackedB::new`] for the kernel of `isa`.
+    fn new_isa(isa: Isa, k: usize, n: usize, b: MatRef<'_>) -> Self {
+        if k > 0 && n > 0 {
+            check_view(&b, k, n, "B");
+        }
+        PackedB {
+            inner: driver::PackedPanels::new(kernel_for(isa), k, n, b),
+        }
+    }
+
+    /// Rows (the depth of the products it takes part in).
+    pub fn k(&self) -> usize {
+        self.inner.k
+    }
+
+    /// Columns.
+    pub fn n(&self) -> usize {
+        self.inner.n
+    }
+}
+
+/// [`sgemm`] with a pre-packed B: `c[i * ldc + j] = alpha * sum_p a(i, p) * b(p, j) +
+/// (accumulate ? c[i * ldc + j] : 0)` for `i < m`, `j < b.n()`, `p < b.k()`.
+///
+/// `parallel` spreads the work over the rayon pool; pass `false` when calling from inside a
+/// parallel loop.
+///
+/// # Panics
+/// If `a` (`m x b.k()`) or C addresses elements outside its slice.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed_b(
+    m: usize,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: &PackedB,
+    accumulate: bool,
+    c: &mut [f32],
+    ldc: usize,
+    parallel: bool,
+) {
+    let (n, k) = (b.n(), b.k());
+    if !check_c(m, n, k, accumulate, c, ldc) {
+        return;
+    }
+    check_view(&a, m, k, "A");
+    driver::gemm(
+        &b.inner.kern,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        driver::BSrc::Packed {
+            b: &b.inner,
+            col0: 0,
+        },
+        accumulate,
+        c,
+        ldc,
+        parallel,
+    );
+}
+
+/// Checks C (`m x n`, leading dimension `ldc`) against its slice and handles the degenerate
+/// shapes: returns `false` when nothing is left to compute (`m`, `n` or `k` zero, C cleared
+/// for `k == 0` unless `accumulate`).
+fn check_c(m: usize, n: usize, k: usize, accumulate: bool, c: &mut [f32], ldc: usize) -> bool {
+    if m == 0 || n == 0 {
+        return false;
+    }
+    // Rows of C must not overlap (tasks write them concurrently) and must fit the slice.
+    assert!(m == 1 || ldc >= n, "sgemm: ldc {ldc} < n {n}");
+    let c_end = (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n));
+    assert!(
+        c_end.is_some_and(|e| e <= c.len()),
+        "sgemm: C ({m} x {n}, ldc {ldc}) exceeds its slice of {}",
+        c.len()
+    );
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return false;
+    }
+    true
 }
 
 /// The plain triple loop, kept as the reference the fast path is tested against.
@@ -390,6 +496,7 @@ mod tests {
         accumulate: bool,
         ldc_pad: usize,
         parallel: bool,
+        packed: bool,
         seed: u64,
     ) -> Result<(), TestCaseError> {
         let (ars, acs, alen) = layout(m, k, ta, pa);
@@ -403,9 +510,14 @@ mod tests {
         let mut want = c0.clone();
         let mut got = c0.clone();
         naive_gemm(m, n, k, alpha, a, b, accumulate, &mut want, ldc);
-        sgemm_isa(
-            isa, m, n, k, alpha, a, b, accumulate, &mut got, ldc, parallel,
-        );
+        if packed {
+            let pb = PackedB::new_isa(isa, k, n, b);
+            sgemm_packed_b(m, alpha, a, &pb, accumulate, &mut got, ldc, parallel);
+        } else {
+            sgemm_isa(
+                isa, m, n, k, alpha, a, b, accumulate, &mut got, ldc, parallel,
+            );
+        }
         // Elements are in [-1, 1): the error of a k-term sum grows at most ~ k * eps.
         let tol = 1e-5 * (k as f32 + 1.0) * (alpha.abs() + 1.0);
         for i in 0..m.max(1) {
@@ -416,8 +528,9 @@ mod tests {
                 } else {
                     prop_assert!(
                         (w - g).abs() <= tol * (1.0 + w.abs()),
-                        "{:?} m={} n={} k={} at ({}, {}): want {} got {}",
+                        "{:?} packed={} m={} n={} k={} at ({}, {}): want {} got {}",
                         isa,
+                        packed,
                         m,
                         n,
                         k,
@@ -446,7 +559,19 @@ mod tests {
             accumulate: bool, parallel: bool, seed: u64,
         ) {
             for isa in isas() {
-                check(isa, m, n, k, alpha, (ta, pa), (tb, pb), accumulate, ldc_pad, parallel, seed)?;
+                check(isa, m, n, k, alpha, (ta, pa), (tb, pb), accumulate, ldc_pad, parallel, false, seed)?;
+            }
+        }
+
+        #[test]
+        fn packed_b_matches_naive(
+            m in dim(), n in dim(), k in dim(),
+            alpha in prop_oneof![Just(1.0f32), -2.0f32..2.0],
+            ta: bool, tb: bool, pa in 0usize..3, pb in 0usize..3, ldc_pad in 0usize..3,
+            accumulate: bool, parallel: bool, seed: u64,
+        ) {
+            for isa in isas() {
+                check(isa, m, n, k, alpha, (ta, pa), (tb, pb), accumulate, ldc_pad, parallel, true, seed)?;
             }
         }
     }
@@ -462,10 +587,66 @@ mod tests {
                 (200, 2100, 300),
             ] {
                 for &(ta, tb, acc) in &[(false, false, true), (true, true, false)] {
-                    check(isa, m, n, k, 0.5, (ta, 1), (tb, 0), acc, 3, true, 7).unwrap();
+                    for packed in [false, true] {
+                        check(isa, m, n, k, 0.5, (ta, 1), (tb, 0), acc, 3, true, packed, 7)
+                            .unwrap();
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn packed_b_reused_and_parallel_column_split() {
+        // One packing reused across calls; n > m forces the parallel split over columns,
+        // whose task boundaries fall inside packed NC blocks.
+        for isa in isas() {
+            for &(m, n, k) in &[(40, 2500, 700), (3, 1600, 400), (1, 900, 50), (90, 1, 500)] {
+                for tb in [false, true] {
+                    for parallel in [false, true] {
+                        check(
+                            isa,
+                            m,
+                            n,
+                            k,
+                            -1.5,
+                            (false, 0),
+                            (tb, 2),
+                            true,
+                            1,
+                            parallel,
+                            true,
+                            3,
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+            let bd = fill(300 * 200, 9);
+            let b = MatRef::new(&bd, 1, 300);
+            let pb = PackedB::new_isa(isa, 300, 200, b);
+            for m in [1, 7, 50] {
+                let ad = fill(m * 300, m as u64);
+                let a = MatRef::row_major(&ad, 300);
+                let (mut want, mut got) = (vec![0.0; m * 200], vec![0.0; m * 200]);
+                naive_gemm(m, 200, 300, 1.0, a, b, false, &mut want, 200);
+                sgemm_packed_b(m, 1.0, a, &pb, false, &mut got, 200, true);
+                for (w, g) in want.iter().zip(&got) {
+                    assert!((w - g).abs() <= 1e-3 * (1.0 + w.abs()), "{isa:?} m={m}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_b_k_zero_clears_or_keeps() {
+        let pb = PackedB::new(0, 3, MatRef::row_major(&[], 3));
+        let a = MatRef::row_major(&[], 0);
+        let mut c = vec![3.0f32; 6];
+        sgemm_packed_b(2, 1.0, a, &pb, true, &mut c, 3, false);
+        assert!(c.iter().all(|&x| x == 3.0));
+        sgemm_packed_b(2, 1.0, a, &pb, false, &mut c, 3, false);
+        assert!(c.iter().all(|&x| x == 0.0));
     }
 
     #[test]

@@ -9,16 +9,17 @@
 //!
 //! Algorithm: rayon tasks over (image, block of patch rows) with at most ~256 patches per task.
 //! Each task gathers its patches into a small packed `(patches_in_block, C*p*p)` buffer (`p`
-//! contiguous pixels per copy), calls [`sgemm`] against the weight viewed as its transpose
-//! `(C*p*p, E)` (strides, no copy), writing straight into `out`, then adds bias and positions in
-//! an epilogue pass over the (cache-hot) block.
+//! contiguous pixels per copy), calls [`sgemm_packed_b`] against the weight viewed as its
+//! transpose `(C*p*p, E)`, packed once per call into the GEMM's panel layout ([`PackedB`]) and
+//! shared by every task, accumulating straight into `out` rows pre-filled with bias and
+//! positions.
 //!
 //! The weight gradient `d_W = sum_patches d_out_t^T patch_t` is computed the same way, with tasks
 //! over blocks of `E` (each owning rows of `d_W`) looping over the gathered patch blocks.
 
 use rayon::prelude::*;
 
-use crate::gemm::{MatRef, sgemm};
+use crate::gemm::{MatRef, PackedB, sgemm, sgemm_packed_b};
 
 /// Sizes of a patch-embedding call.
 #[derive(Clone, Copy, Debug)]
@@ -157,34 +158,42 @@ pub fn patch_embed(
             }
         }
     }
-    let wt = MatRef::new(weight, 1, g.cpp);
+    if tasks.is_empty() {
+        return;
+    }
+    // The weight viewed as its transpose `(C*p*p, E)`, packed once for every task.
+    let wt = PackedB::new(g.cpp, e, MatRef::new(weight, 1, g.cpp));
     tasks.into_par_iter().for_each(|(b, t0, o)| {
         super::simd::with_scratch(block * g.cpp, |a| {
             let count = o.len() / e;
             gather(images, &dims, &g, b, t0, count, a);
-            sgemm(
+            // Bias and positions first, so the GEMM adds the product onto them and C is
+            // written once instead of twice.
+            let init = bias.is_some() || position_embedding.is_some();
+            if init {
+                for (t, row) in o.chunks_exact_mut(e).enumerate() {
+                    let pr = (has_class + t0 + t) * e;
+                    match (bias, position_embedding) {
+                        (Some(bias), Some(pos)) => row
+                            .iter_mut()
+                            .zip(bias.iter().zip(&pos[pr..pr + e]))
+                            .for_each(|(o, (&b, &p))| *o = b + p),
+                        (Some(bias), None) => row.copy_from_slice(bias),
+                        (None, Some(pos)) => row.copy_from_slice(&pos[pr..pr + e]),
+                        (None, None) => {}
+                    }
+                }
+            }
+            sgemm_packed_b(
                 count,
-                e,
-                g.cpp,
                 1.0,
                 MatRef::row_major(a, g.cpp),
-                wt,
-                false,
+                &wt,
+                init,
                 o,
                 e,
                 false,
             );
-            for (t, row) in o.chunks_exact_mut(e).enumerate() {
-                if let Some(bias) = bias {
-                    row.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
-                }
-                if let Some(pos) = position_embedding {
-                    let pr = (has_class + t0 + t) * e;
-                    row.iter_mut()
-                        .zip(&pos[pr..pr + e])
-                        .for_each(|(o, &p)| *o += p);
-                }
-            }
         })
     });
 }
