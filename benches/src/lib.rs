@@ -52,7 +52,7 @@ pub fn matmul_gemm_crate(m: usize, k: usize, n: usize) -> Workload {
     let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32) * 0.1).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     workload(
-        format!("gemm crate {m}x{k}x{n}"),
+        format!("matmul by the gemm crate {m}x{k}x{n}"),
         2.0 * (m * k * n) as f64,
         move || {
             let mut c = vec![0.0f32; m * n];

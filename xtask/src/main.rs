@@ -141,6 +141,8 @@ fn bench_compare_cpu(filter: Option<&str>) -> Result<(), String> {
         "--quiet",
         "-p",
         "glimpse-benches",
+        "--features",
+        "gemm-crate",
         "--bin",
         "bench-compare",
     ]);
