@@ -218,8 +218,7 @@ fn key_mask(opts: &AttentionOptions) -> Result<Option<Cow<'_, [u32]>>> {
 }
 
 fn scale_of(q: &Tensor, opts: &AttentionOptions) -> f32 {
-    opts.scale
-        .unwrap_or_else(|| 1.0 / (q.dims()[3] as f64).sqrt()) as f32
+    opts.scale_for(q.dims()[3]) as f32
 }
 
 /// True when the attention kernels can run this problem (they need non-empty head dims).
@@ -273,7 +272,8 @@ pub fn attention_backward(
     let dims = attn_dims(q, k, v);
     let (qi, ki, vi) = (attn_input(q)?, attn_input(k)?, attn_input(v)?);
     let (oi, doi) = (attn_input(&out.out)?, attn_input(d_out)?);
-    let lse = f32_data(&out.lse)?;
+    let lse = out.lse.to_dtype(DType::F32)?;
+    let lse = f32_data(&lse)?;
     let mask = key_mask(opts)?;
     let mut dq = vec![0.0f32; dims.batch * dims.heads * dims.n_q * dims.head_dim];
     let mut dk = vec![0.0f32; dims.batch * dims.heads * dims.n_k * dims.head_dim];

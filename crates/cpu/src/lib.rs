@@ -26,7 +26,7 @@ mod storage;
 mod strided;
 
 pub use backend::{CpuBackend, cpu_storage};
-pub use storage::{Buf, CpuStorage};
+pub use storage::{AlignedBytes, Buf, CpuStorage};
 
 use std::sync::{Arc, OnceLock};
 

@@ -146,7 +146,8 @@ pub fn unary(op: UnaryOp, src: &CpuStorage, layout: &Layout) -> Result<CpuStorag
         let f: Box<dyn Fn(u32) -> u32 + Send + Sync> = match op {
             UnaryOp::Abs | UnaryOp::Relu => Box::new(|x| x),
             UnaryOp::Sqr => Box::new(|x: u32| x.wrapping_mul(x)),
-            UnaryOp::Clamp { min, max } => Box::new(move |x: u32| (x as f64).clamp(min, max.max(min)) as u32),
+            // max/min rather than f64::clamp: no panic whatever the bounds.
+            UnaryOp::Clamp { min, max } => Box::new(move |x: u32| (x as f64).max(min).min(max) as u32),
             UnaryOp::Affine { mul, add } => Box::new(move |x: u32| (x as f64 * mul + add) as u32),
             _ => return Err(Error::UnsupportedDType { op: "unary", dtype: DType::U32, backend: Some("cpu".into()) }),
         };

@@ -9,16 +9,26 @@ use half::{bf16, f16};
 #[derive(Debug)]
 pub enum Buf<T> {
     Owned(Vec<T>),
-    /// Bytes whose start is aligned for `T` and whose length is a multiple of its size
-    /// (checked by [`Buf::shared`]).
-    Shared(SharedBytes),
+    /// Elements read in place from shared bytes (made by [`Buf::shared`]).
+    Shared(AlignedBytes),
+}
+
+/// Shared bytes whose start is aligned for the element type and whose length is a multiple of
+/// its size. Only [`Buf::shared`] makes them, after checking both.
+#[derive(Debug)]
+pub struct AlignedBytes(SharedBytes);
+
+impl AlignedBytes {
+    pub fn bytes(&self) -> &[u8] {
+        self.0.bytes()
+    }
 }
 
 impl<T: bytemuck::Pod> Buf<T> {
     /// Borrows `bytes` in place if they are aligned for `T`; `None` otherwise.
     pub fn shared(bytes: SharedBytes) -> Option<Self> {
         bytemuck::try_cast_slice::<u8, T>(bytes.bytes()).ok()?;
-        Some(Buf::Shared(bytes))
+        Some(Buf::Shared(AlignedBytes(bytes)))
     }
 
     pub fn as_slice(&self) -> &[T] {

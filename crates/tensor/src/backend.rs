@@ -191,6 +191,14 @@ pub struct AttentionOptions {
     pub key_padding_mask: Option<Tensor>,
 }
 
+impl AttentionOptions {
+    /// The scale applied to `q @ k^T` for a head dimension of `head_dim`: the explicit one, or
+    /// `1 / sqrt(head_dim)`.
+    pub fn scale_for(&self, head_dim: usize) -> f64 {
+        self.scale.unwrap_or_else(|| 1.0 / (head_dim as f64).sqrt())
+    }
+}
+
 /// Output of the fused attention op.
 #[derive(Clone, Debug)]
 pub struct AttentionOutput {

@@ -17,6 +17,9 @@ fn upcast(x: &Tensor) -> Result<Tensor> {
 
 /// Softmax over the last dimension: `exp(x - max) / sum(exp(x - max))`.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.elem_count() == 0 {
+        return Ok(x.clone());
+    }
     let xf = upcast(x)?;
     let max = xf.max_keepdim(-1)?;
     let e = xf.sub(&max)?.exp()?;
@@ -25,6 +28,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// Log-softmax over the last dimension: `x - max - log(sum(exp(x - max)))`.
 pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.elem_count() == 0 {
+        return Ok(x.clone());
+    }
     let xf = upcast(x)?;
     let shifted = xf.sub(&xf.max_keepdim(-1)?)?;
     let log_sum = shifted.exp()?.sum_keepdim(-1)?.log()?;
@@ -75,8 +81,7 @@ fn attention_visibility(q: &Tensor, k: &Tensor, opts: &AttentionOptions) -> Resu
 }
 
 fn scale_of(q: &Tensor, opts: &AttentionOptions) -> f64 {
-    opts.scale
-        .unwrap_or_else(|| 1.0 / (q.dims()[3] as f64).sqrt())
+    opts.scale_for(q.dims()[3])
 }
 
 /// Scaled, masked scores `(B, H, Nq, Nk)` in the compute dtype, with `-inf` where masked.
@@ -274,6 +279,6 @@ pub fn contrastive_loss_backward(
     Ok(ContrastiveGrads {
         d_image: d_image.to_dtype(image.dtype())?,
         d_text: d_text.to_dtype(text.dtype())?,
-        d_scale: d_scale.to_dtype(scale.dtype())?,
+        d_scale: d_scale.reshape(scale.shape())?.to_dtype(scale.dtype())?,
     })
 }

@@ -66,18 +66,26 @@ impl Layout {
     }
 
     /// One past the largest storage index this layout touches (`offset` for empty tensors).
+    ///
+    /// # Panics
+    /// If that index overflows `usize`; [`Layout::checked_max_index`] reports it instead.
     pub fn max_index(&self) -> usize {
-        if self.elem_count() == 0 {
-            return self.offset;
+        self.checked_max_index()
+            .expect("layout addresses past usize::MAX")
+    }
+
+    /// [`Layout::max_index`], or `None` if it overflows `usize`.
+    pub fn checked_max_index(&self) -> Option<usize> {
+        if self.shape.checked_elem_count("layout").ok()? == 0 {
+            return Some(self.offset);
         }
-        self.offset
-            + self
-                .dims()
-                .iter()
-                .zip(&self.strides)
-                .map(|(&d, &s)| (d - 1) * s)
-                .sum::<usize>()
-            + 1
+        self.dims()
+            .iter()
+            .zip(&self.strides)
+            .try_fold(self.offset, |acc, (&d, &s)| {
+                acc.checked_add((d - 1).checked_mul(s)?)
+            })?
+            .checked_add(1)
     }
 
     /// Row-major contiguous (size-1 dimensions may have any stride).

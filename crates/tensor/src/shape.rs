@@ -29,6 +29,28 @@ impl Shape {
         self.0.iter().product()
     }
 
+    /// Number of elements, or an error if it does not fit in `usize`.
+    pub fn checked_elem_count(&self, op: &'static str) -> Result<usize> {
+        self.0
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| Error::bad_shape(op, "the element count overflows usize", self))
+    }
+
+    /// Checks that a buffer of this shape and element size can be allocated at all (at most
+    /// `isize::MAX` bytes), returning the element count.
+    pub fn check_alloc(&self, elem_size: usize, op: &'static str) -> Result<usize> {
+        let n = self.checked_elem_count(op)?;
+        match n.checked_mul(elem_size) {
+            Some(bytes) if bytes <= isize::MAX as usize => Ok(n),
+            _ => Err(Error::bad_shape(
+                op,
+                "the tensor would not fit in memory",
+                self,
+            )),
+        }
+    }
+
     /// Row-major strides of a contiguous tensor of this shape.
     pub fn contiguous_strides(&self) -> Vec<usize> {
         let mut strides = vec![0; self.rank()];

@@ -105,12 +105,14 @@ impl Tensor {
     /// Wraps a storage produced by a backend. Checks that the layout stays inside the storage
     /// and that storage and device agree on nothing more (backends vouch for the rest).
     pub fn from_storage(storage: Storage, layout: Layout, device: Device) -> Result<Tensor> {
-        if layout.max_index() > storage.len() {
+        let reach = layout
+            .checked_max_index()
+            .ok_or_else(|| Error::invalid("from_storage", "layout addresses past usize::MAX"))?;
+        if reach > storage.len() {
             return Err(Error::invalid(
                 "from_storage",
                 format!(
-                    "layout reaches element {} of a storage of {}",
-                    layout.max_index(),
+                    "layout reaches element {reach} of a storage of {}",
                     storage.len()
                 ),
             ));
@@ -163,7 +165,8 @@ impl Tensor {
         device: &Device,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        let expected = shape.elem_count() * dtype.size_in_bytes();
+        let expected =
+            shape.check_alloc(dtype.size_in_bytes(), "from_bytes")? * dtype.size_in_bytes();
         if bytes.bytes().len() != expected {
             return Err(Error::ElementCount {
                 op: "from_bytes",
@@ -186,7 +189,8 @@ impl Tensor {
     ) -> Result<Tensor> {
         let shape = shape.into();
         check_supported("full", device, dtype)?;
-        let storage = device.backend().full(dtype, shape.elem_count(), value)?;
+        let len = shape.check_alloc(dtype.size_in_bytes(), "full")?;
+        let storage = device.backend().full(dtype, len, value)?;
         Tensor::contiguous_from(storage, shape, device)
     }
 
@@ -212,7 +216,14 @@ impl Tensor {
                 format!("cannot step from {start} to {end} by {step}"),
             ));
         }
-        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let count = ((end - start) / step).ceil().max(0.0);
+        if count > (isize::MAX as usize / 8) as f64 {
+            return Err(Error::invalid(
+                "arange",
+                format!("{count} elements would not fit in memory"),
+            ));
+        }
+        let n = count as usize;
         let values: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
         if dtype == DType::U32 && values.iter().any(|&v| v < 0.0 || v > u32::MAX as f64) {
             return Err(Error::invalid("arange", "values out of range for u32"));
@@ -242,9 +253,8 @@ impl Tensor {
             ));
         }
         check_supported("rand_uniform", device, dtype)?;
-        let storage = device
-            .backend()
-            .rand_uniform(dtype, shape.elem_count(), low, high, seed)?;
+        let len = shape.check_alloc(dtype.size_in_bytes(), "rand_uniform")?;
+        let storage = device.backend().rand_uniform(dtype, len, low, high, seed)?;
         Tensor::contiguous_from(storage, shape, device)
     }
 
@@ -265,9 +275,8 @@ impl Tensor {
             ));
         }
         check_supported("rand_normal", device, dtype)?;
-        let storage = device
-            .backend()
-            .rand_normal(dtype, shape.elem_count(), mean, std, seed)?;
+        let len = shape.check_alloc(dtype.size_in_bytes(), "rand_normal")?;
+        let storage = device.backend().rand_normal(dtype, len, mean, std, seed)?;
         Tensor::contiguous_from(storage, shape, device)
     }
 
@@ -383,7 +392,7 @@ impl Tensor {
     /// otherwise.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
-        if shape.elem_count() != self.elem_count() {
+        if shape.checked_elem_count("reshape")? != self.elem_count() {
             return Err(Error::ShapeMismatch {
                 op: "reshape",
                 lhs: self.shape().clone(),
@@ -429,7 +438,9 @@ impl Tensor {
 
     /// Stretches size-1 dimensions (and adds leading ones) to `shape`, without copying.
     pub fn broadcast_as(&self, shape: impl Into<Shape>) -> Result<Tensor> {
-        Ok(self.with_layout(self.layout().broadcast_as(&shape.into())?))
+        let shape = shape.into();
+        shape.checked_elem_count("broadcast_as")?;
+        Ok(self.with_layout(self.layout().broadcast_as(&shape)?))
     }
 
     /// Keeps `len` entries of `dim` starting at `start`, without copying.
@@ -556,6 +567,7 @@ impl Tensor {
         check_same_device("binary", self, rhs)?;
         check_same_dtype("binary", self, rhs)?;
         let shape = self.shape().broadcast_with(rhs.shape(), "binary")?;
+        shape.check_alloc(self.dtype().size_in_bytes(), "binary")?;
         let lhs_layout = self.layout().broadcast_as(&shape)?;
         let rhs_layout = rhs.layout().broadcast_as(&shape)?;
         let storage = self.device().backend().binary(
@@ -578,6 +590,7 @@ impl Tensor {
             .shape()
             .broadcast_with(on_true.shape(), "where_cond")?
             .broadcast_with(on_false.shape(), "where_cond")?;
+        shape.check_alloc(on_true.dtype().size_in_bytes(), "where_cond")?;
         let storage = self.device().backend().where_cond(
             &**self.storage(),
             &self.layout().broadcast_as(&shape)?,
@@ -641,6 +654,12 @@ impl Tensor {
         self.unary(UnaryOp::Powf(exponent))
     }
     pub fn clamp(&self, min: f64, max: f64) -> Result<Tensor> {
+        if min.is_nan() || max.is_nan() || min > max {
+            return Err(Error::invalid(
+                "clamp",
+                format!("bounds must satisfy min <= max, got [{min}, {max}]"),
+            ));
+        }
         self.unary(UnaryOp::Clamp { min, max })
     }
 
@@ -778,6 +797,10 @@ impl Tensor {
         lhs_dims.extend([m, k]);
         let mut rhs_dims = batch.dims().to_vec();
         rhs_dims.extend([k, n]);
+        let mut out_dims = batch.dims().to_vec();
+        out_dims.extend([m, n]);
+        let out_shape = Shape::new(out_dims);
+        out_shape.check_alloc(self.dtype().size_in_bytes(), "matmul")?;
         let lhs_layout = self.layout().broadcast_as(&Shape::new(lhs_dims))?;
         let rhs_layout = rhs.layout().broadcast_as(&Shape::new(rhs_dims))?;
         let storage = self.device().backend().matmul(
@@ -786,9 +809,7 @@ impl Tensor {
             &**rhs.storage(),
             &rhs_layout,
         )?;
-        let mut out_dims = batch.dims().to_vec();
-        out_dims.extend([m, n]);
-        self.result_tensor(storage, Shape::new(out_dims))
+        self.result_tensor(storage, out_shape)
     }
 
     /// Picks entries of `dim` by a 1-D `U32` index tensor (an embedding lookup with `dim = 0`).
@@ -926,6 +947,12 @@ impl Tensor {
         eps: f64,
     ) -> Result<Tensor> {
         check_float("layer_norm", self)?;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(Error::invalid(
+                "layer_norm",
+                format!("eps must be finite and >= 0, got {eps}"),
+            ));
+        }
         let last = *self.dims().last().ok_or_else(|| {
             Error::bad_shape("layer_norm", "needs at least one dimension", self.shape())
         })?;
@@ -997,6 +1024,8 @@ impl Tensor {
                 ));
             }
         }
+        check_same_device("attention_backward", q, &out.lse)?;
+        check_float("attention_backward", &out.lse)?;
         if out.lse.dims() != &q.dims()[..3] {
             return Err(Error::bad_shape(
                 "attention_backward",
@@ -1034,6 +1063,13 @@ impl Tensor {
             images.dims()[2],
             images.dims()[3],
         ];
+        if c == 0 {
+            return Err(Error::bad_shape(
+                OP,
+                "images need at least one channel",
+                images.shape(),
+            ));
+        }
         if p == 0 || h < p || w < p {
             return Err(Error::bad_shape(
                 OP,
@@ -1103,6 +1139,10 @@ impl Tensor {
     ) -> Result<ContrastiveGrads> {
         check_contrastive_args(image, text, scale)?;
         let n = image.dims()[0];
+        for t in [&saved.lse_rows, &saved.lse_cols, d_loss] {
+            check_same_device("contrastive_loss_backward", image, t)?;
+            check_float("contrastive_loss_backward", t)?;
+        }
         for t in [&saved.lse_rows, &saved.lse_cols] {
             if t.dims() != [n] {
                 return Err(Error::bad_shape(
@@ -1152,6 +1192,13 @@ fn check_attention_args(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpti
                 k.shape(),
                 v.shape()
             ),
+        ));
+    }
+    if qd[3] == 0 {
+        return Err(Error::bad_shape(
+            OP,
+            "the head dimension must not be 0",
+            q.shape(),
         ));
     }
     if let Some(mask) = &opts.key_padding_mask {
