@@ -322,16 +322,19 @@ pub fn patch_embed(
     let b = bias.map(f32_data).transpose()?;
     let cls = opts.class_embedding.as_ref().map(f32_data).transpose()?;
     let pos = opts.position_embedding.as_ref().map(f32_data).transpose()?;
-    let mut out = vec![0.0f32; dims.batch * rows * dims.embed];
-    kernels::patch_embed::patch_embed(
+    let len = dims.batch * rows * dims.embed;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    kernels::patch_embed::patch_embed_uninit(
         &img,
         dims,
         &w,
         b.as_deref(),
         cls.as_deref(),
         pos.as_deref(),
-        &mut out,
+        &mut out.spare_capacity_mut()[..len],
     );
+    // SAFETY: `patch_embed_uninit` writes every one of the `len` elements.
+    unsafe { out.set_len(len) };
     from_f32(out, [dims.batch, rows, dims.embed], images.dtype(), images)
 }
 

@@ -17,6 +17,8 @@
 //! The weight gradient `d_W = sum_patches d_out_t^T patch_t` is computed the same way, with tasks
 //! over blocks of `E` (each owning rows of `d_W`) looping over the gathered patch blocks.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::gemm::{MatRef, PackedB, sgemm, sgemm_packed_b};
@@ -116,6 +118,35 @@ pub fn patch_embed(
     position_embedding: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and `patch_embed_uninit` only ever
+    // stores initialised values, so `out` stays initialised.
+    let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    patch_embed_uninit(
+        images,
+        dims,
+        weight,
+        bias,
+        class_embedding,
+        position_embedding,
+        out,
+    );
+}
+
+/// [`patch_embed`] into an output that need not be initialised: every element of `out` is
+/// written (so callers can skip zero-filling a fresh buffer).
+///
+/// # Panics
+/// As [`patch_embed`].
+#[allow(clippy::too_many_arguments)]
+pub fn patch_embed_uninit(
+    images: &[f32],
+    dims: PatchDims,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    class_embedding: Option<&[f32]>,
+    position_embedding: Option<&[f32]>,
+    out: &mut [MaybeUninit<f32>],
+) {
     let g = geometry(&dims);
     let e = dims.embed;
     let has_class = usize::from(class_embedding.is_some());
@@ -147,9 +178,8 @@ pub fn patch_embed(
     for (b, o) in out.chunks_mut(rows * e).enumerate() {
         let (cls, patches) = o.split_at_mut(has_class * e);
         if let Some(c) = class_embedding {
-            cls.copy_from_slice(c);
-            if let Some(pos) = position_embedding {
-                cls.iter_mut().zip(&pos[..e]).for_each(|(o, &p)| *o += p);
+            for (k, o) in cls.iter_mut().enumerate() {
+                o.write(c[k] + position_embedding.map_or(0.0, |pos| pos[k]));
             }
         }
         if block > 0 {
@@ -167,29 +197,37 @@ pub fn patch_embed(
         super::simd::with_scratch(block * g.cpp, |a| {
             let count = o.len() / e;
             gather(images, &dims, &g, b, t0, count, a);
-            // Bias and positions first, so the GEMM adds the product onto them and C is
-            // written once instead of twice.
-            let init = bias.is_some() || position_embedding.is_some();
-            if init {
-                for (t, row) in o.chunks_exact_mut(e).enumerate() {
-                    let pr = (has_class + t0 + t) * e;
-                    match (bias, position_embedding) {
-                        (Some(bias), Some(pos)) => row
-                            .iter_mut()
-                            .zip(bias.iter().zip(&pos[pr..pr + e]))
-                            .for_each(|(o, (&b, &p))| *o = b + p),
-                        (Some(bias), None) => row.copy_from_slice(bias),
-                        (None, Some(pos)) => row.copy_from_slice(&pos[pr..pr + e]),
-                        (None, None) => {}
+            // Bias and positions (or zeros) first, so the GEMM adds the product onto them and
+            // C is written once instead of twice.
+            for (t, row) in o.chunks_exact_mut(e).enumerate() {
+                let pr = (has_class + t0 + t) * e;
+                match (bias, position_embedding) {
+                    (Some(bias), Some(pos)) => row
+                        .iter_mut()
+                        .zip(bias.iter().zip(&pos[pr..pr + e]))
+                        .for_each(|(o, (&b, &p))| {
+                            o.write(b + p);
+                        }),
+                    (Some(bias), None) => row.iter_mut().zip(bias).for_each(|(o, &b)| {
+                        o.write(b);
+                    }),
+                    (None, Some(pos)) => {
+                        row.iter_mut().zip(&pos[pr..pr + e]).for_each(|(o, &p)| {
+                            o.write(p);
+                        })
                     }
+                    (None, None) => row.fill(MaybeUninit::new(0.0)),
                 }
             }
+            // SAFETY: every element of `o` was initialised by the loop above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let o = unsafe { &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]) };
             sgemm_packed_b(
                 count,
                 1.0,
                 MatRef::row_major(a, g.cpp),
                 &wt,
-                init,
+                true,
                 o,
                 e,
                 false,
