@@ -525,7 +525,9 @@ pub fn scatter_add(
     let a = around_dim(&out_layout, dim);
     let ids = checked_ids("scatter_add", ids, il, a.dim_size)?;
     let n_ids = il.dims()[dim];
-    fn add<T: FloatElem>(
+    /// `dst` with `src` added at the indexed positions, element sums by `plus`.
+    #[allow(clippy::too_many_arguments)]
+    fn add<T: Copy + Send + Sync>(
         d: &[T],
         dl: &Layout,
         s: &[T],
@@ -533,6 +535,7 @@ pub fn scatter_add(
         a: &strided::AroundDim,
         ids: &[u32],
         n_ids: usize,
+        plus: impl Fn(T, T) -> T,
     ) -> Vec<T> {
         let mut out = gather(d, dl);
         let src = view(s, sl);
@@ -541,41 +544,36 @@ pub fn scatter_add(
             for _ in 0..n_ids {
                 for &r in &a.inner {
                     let at = o + ids[k] as usize * a.dim_stride + r;
-                    out[at] = T::from_acc(out[at].to_acc() + src[k].to_acc());
+                    out[at] = plus(out[at], src[k]);
                     k += 1;
                 }
             }
         }
         out
     }
+    fn float_plus<T: FloatElem>(x: T, y: T) -> T {
+        T::from_acc(x.to_acc() + y.to_acc())
+    }
+    macro_rules! case {
+        ($d:expr, $s:expr, $plus:expr) => {
+            storage_from_vec(add(
+                $d.as_slice(),
+                dl,
+                $s.as_slice(),
+                sl,
+                &a,
+                &ids,
+                n_ids,
+                $plus,
+            ))
+        };
+    }
     Ok(match (dst, src) {
-        (CpuStorage::F16(d), CpuStorage::F16(s)) => {
-            storage_from_vec(add(d.as_slice(), dl, s.as_slice(), sl, &a, &ids, n_ids))
-        }
-        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => {
-            storage_from_vec(add(d.as_slice(), dl, s.as_slice(), sl, &a, &ids, n_ids))
-        }
-        (CpuStorage::F32(d), CpuStorage::F32(s)) => {
-            storage_from_vec(add(d.as_slice(), dl, s.as_slice(), sl, &a, &ids, n_ids))
-        }
-        (CpuStorage::F64(d), CpuStorage::F64(s)) => {
-            storage_from_vec(add(d.as_slice(), dl, s.as_slice(), sl, &a, &ids, n_ids))
-        }
-        (CpuStorage::U32(d), CpuStorage::U32(s)) => {
-            let mut out = gather(d.as_slice(), dl);
-            let s = view(s.as_slice(), sl);
-            let mut k = 0;
-            for &o in &a.outer {
-                for _ in 0..n_ids {
-                    for &r in &a.inner {
-                        let at = o + ids[k] as usize * a.dim_stride + r;
-                        out[at] = out[at].wrapping_add(s[k]);
-                        k += 1;
-                    }
-                }
-            }
-            storage_from_vec(out)
-        }
+        (CpuStorage::F16(d), CpuStorage::F16(s)) => case!(d, s, float_plus),
+        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => case!(d, s, float_plus),
+        (CpuStorage::F32(d), CpuStorage::F32(s)) => case!(d, s, float_plus),
+        (CpuStorage::F64(d), CpuStorage::F64(s)) => case!(d, s, float_plus),
+        (CpuStorage::U32(d), CpuStorage::U32(s)) => case!(d, s, u32::wrapping_add),
         _ => return Err(mismatch("scatter_add")),
     })
 }
