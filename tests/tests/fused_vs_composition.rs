@@ -145,3 +145,49 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The fused linear layer (packed weight panels, bias as the GEMM's starting value)
+    /// against `x @ W^T + b`, with `x` contiguous or a transposed view, weights big enough to be
+    /// cached or not, and each call made twice (the second one reads the cached panels).
+    #[test]
+    fn linear_layer(
+        m in 1usize..80, k in 1usize..300, n in 1usize..200,
+        bias: bool, transposed_x: bool, dtype in dtype_strategy(), seed in 0u64..1000,
+    ) {
+        let dev = glimpse_cpu::device();
+        let x = if transposed_x {
+            Tensor::rand_normal(0.0, 1.0, [k, m], DType::F32, seed, &dev).unwrap().to_dtype(dtype).unwrap().t().unwrap()
+        } else {
+            Tensor::rand_normal(0.0, 1.0, [m, k], DType::F32, seed, &dev).unwrap().to_dtype(dtype).unwrap()
+        };
+        let w = Tensor::rand_normal(0.0, 1.0, [n, k], DType::F32, seed + 1, &dev).unwrap().to_dtype(dtype).unwrap();
+        let b = bias.then(|| Tensor::rand_normal(0.0, 1.0, [n], DType::F32, seed + 2, &dev).unwrap().to_dtype(dtype).unwrap());
+        let composed = compose::linear(&x, &w, b.as_ref()).unwrap();
+        let what = format!("linear {dtype} m{m} k{k} n{n} bias {bias} transposed {transposed_x}");
+        for _ in 0..2 {
+            let fused = x.linear(&w, b.as_ref()).unwrap();
+            assert_close(&fused, &composed, tol(dtype), &what).unwrap();
+        }
+    }
+}
+
+/// A weight dropped and replaced by another of the same shape (often at the same address)
+/// must not be served the old weight's cached panels.
+#[test]
+fn linear_never_reuses_the_panels_of_a_dropped_weight() {
+    let dev = glimpse_cpu::device();
+    let x = Tensor::rand_normal(0.0, 1.0, [7, 256], DType::F32, 1, &dev).unwrap();
+    for seed in 0..20u64 {
+        let w = Tensor::rand_normal(0.0, 1.0, [128, 256], DType::F32, 100 + seed, &dev).unwrap();
+        let want = compose::linear(&x, &w, None).unwrap();
+        assert_close(&x.linear(&w, None).unwrap(), &want, 1e-4, "first call").unwrap();
+        assert_close(&x.linear(&w, None).unwrap(), &want, 1e-4, "cached call").unwrap();
+        // A view of the same storage with another layout is another weight.
+        let w2 = w.narrow(0, 64, 64).unwrap();
+        let want2 = compose::linear(&x, &w2, None).unwrap();
+        assert_close(&x.linear(&w2, None).unwrap(), &want2, 1e-4, "narrowed view").unwrap();
+    }
+}

@@ -237,6 +237,14 @@ impl Backend for CpuBackend {
 
     // ----- fused ops: f32 kernels for f32/f16/bf16, default compositions for f64 -----
 
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if kernel_dtype(x.dtype()) {
+            fused::linear(x, weight, bias)
+        } else {
+            compose::linear(x, weight, bias)
+        }
+    }
+
     fn softmax_last_dim(&self, x: &Tensor) -> Result<Tensor> {
         if kernel_dtype(x.dtype()) {
             fused::softmax_last_dim(x, false)

@@ -97,6 +97,50 @@ fn scalar_f32(t: &Tensor) -> Result<f32> {
     Ok(t.to_f64_vec()?[0] as f32)
 }
 
+/// `x @ weight^T + bias` with the weight's packed panels from the cache: `x` `(M, K)` is read
+/// in place when it is f32 with unit stride along one axis, and the output starts as the bias
+/// rows, which the GEMM accumulates onto (no separate bias pass).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (m, k, n) = (x.dims()[0], x.dims()[1], weight.dims()[0]);
+    if m == 0 || n == 0 || k == 0 {
+        return glimpse_tensor::compose::linear(x, weight, bias);
+    }
+    let packed = crate::pack_cache::packed_transpose(weight)?;
+    let l = x.layout();
+    let (data, rs, cs) = match cpu_storage(&**x.storage())? {
+        CpuStorage::F32(b) if l.strides()[0] == 1 || l.strides()[1] == 1 => (
+            Cow::Borrowed(&b.as_slice()[l.offset()..]),
+            l.strides()[0],
+            l.strides()[1],
+        ),
+        _ => (f32_data(x)?, k, 1),
+    };
+    let mut out = match bias {
+        Some(b) => {
+            let b = f32_data(b)?;
+            produce(m * n, row_chunk(n), |start, dst| {
+                // Chunks hold whole rows (row_chunk), so every chunk starts at a row.
+                debug_assert_eq!(start % n, 0);
+                for row in dst.chunks_mut(n) {
+                    row.copy_from_slice(&b);
+                }
+            })
+        }
+        None => vec![0.0f32; m * n],
+    };
+    crate::gemm::sgemm_packed_b(
+        m,
+        1.0,
+        crate::gemm::MatRef::new(&data, rs, cs),
+        &packed,
+        bias.is_some(),
+        &mut out,
+        n,
+        true,
+    );
+    from_f32(out, [m, n], x.dtype(), x)
+}
+
 /// Softmax (or log-softmax) over the last dimension.
 pub fn softmax_last_dim(x: &Tensor, log: bool) -> Result<Tensor> {
     let cols = *x.dims().last().expect("checked by the tensor crate");

@@ -21,6 +21,7 @@ mod fused;
 pub mod gemm;
 pub mod kernels;
 mod ops;
+mod pack_cache;
 mod random;
 mod storage;
 mod strided;

@@ -781,3 +781,35 @@ fn mixing_devices_is_device_mismatch() {
         Error::DeviceMismatch { .. }
     );
 }
+
+#[test]
+fn linear_arguments() {
+    let x = f32s(&[4, 8]);
+    let w = f32s(&[6, 8]);
+    assert_err!(x.linear(&f32s(&[6, 7]), None), Error::ShapeMismatch { .. });
+    assert_err!(
+        f32s(&[2, 4, 8]).linear(&w, None),
+        Error::ShapeMismatch { .. }
+    );
+    assert_err!(x.linear(&f32s(&[8]), None), Error::ShapeMismatch { .. });
+    assert_err!(x.linear(&w, Some(&f32s(&[8]))), Error::BadShape { .. });
+    assert_err!(x.linear(&w, Some(&f32s(&[1, 6]))), Error::BadShape { .. });
+    assert_err!(
+        x.linear(&of(&[6, 8], DType::F16), None),
+        Error::DTypeMismatch { .. }
+    );
+    assert_err!(
+        x.linear(&w, Some(&of(&[6], DType::BF16))),
+        Error::DTypeMismatch { .. }
+    );
+    assert_err!(
+        of(&[4, 8], DType::U32).linear(&of(&[6, 8], DType::U32), None),
+        Error::UnsupportedDType { .. } | Error::DTypeMismatch { .. }
+    );
+    // Empty operands are fine: (0, 8) rows, or k = 0 (all bias).
+    assert_eq!(f32s(&[0, 8]).linear(&w, None).unwrap().dims(), &[0, 6]);
+    let y = f32s(&[3, 0])
+        .linear(&f32s(&[5, 0]), Some(&f32s(&[5])))
+        .unwrap();
+    assert_eq!(y.to_vec::<f32>().unwrap(), vec![1.0; 15]);
+}

@@ -50,8 +50,12 @@ pub struct AttentionConfig {
     /// Width of the context that keys and values are projected from (cross-attention, such as
     /// the BLIP-2 Q-Former's); `None` means `dim`.
     pub kv_dim: Option<usize>,
-    /// Whether the projections have biases (true for ViT, CLIP and BLIP).
+    /// Whether the query, key and value projections have biases (true for ViT, CLIP and
+    /// BLIP; a ViT config may turn it off with `qkv_bias: false`).
     pub bias: bool,
+    /// Whether the output projection has a bias (true in every Hugging Face model here, even
+    /// when `bias` is off).
+    pub out_bias: bool,
     /// Multiplier of `q k^T`; `None` means `1 / sqrt(head_dim)`.
     pub scale: Option<f64>,
 }
@@ -64,6 +68,7 @@ impl AttentionConfig {
             num_heads,
             kv_dim: None,
             bias: true,
+            out_bias: true,
             scale: None,
         }
     }
@@ -178,7 +183,7 @@ impl MultiHeadAttention {
             q: Linear::new(vb.pp(&keys.q), e, e, cfg.bias)?,
             k: Linear::new(vb.pp(&keys.k), kv, e, cfg.bias)?,
             v: Linear::new(vb.pp(&keys.v), kv, e, cfg.bias)?,
-            out: Linear::new(vb.pp(&keys.out), e, e, cfg.bias)?,
+            out: Linear::new(vb.pp(&keys.out), e, e, cfg.out_bias)?,
             num_heads: cfg.num_heads,
             scale: cfg.scale,
         })

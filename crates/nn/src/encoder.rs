@@ -20,7 +20,8 @@ pub struct EncoderConfig {
     pub activation: Activation,
     /// Epsilon of the layer norms.
     pub layer_norm_eps: f64,
-    /// Whether the attention projections have biases.
+    /// Whether the query, key and value projections have biases (the output projection
+    /// always has one).
     pub qkv_bias: bool,
 }
 

@@ -11,6 +11,9 @@
 //! * [`MultiHeadAttention`]: self- and cross-attention through one call to the fused
 //!   [`Tensor::attention`](glimpse_tensor::Tensor::attention), masked by an [`AttentionMask`].
 //! * [`PreNormEncoderLayer`] and [`Encoder`]: the pre-norm Transformer encoder of ViT and CLIP.
+//! * [`bicubic_resize_grid`]: position embeddings for another image size.
+//! * [`init`]: random weights under published key names, for models without a checkpoint.
+//! * [`read_json_config`]: Hugging Face `config.json` files, with errors naming the file.
 //!
 //! ```
 //! # fn main() -> glimpse_tensor::Result<()> {
@@ -34,8 +37,12 @@
 
 mod activation;
 mod attention;
+mod classify;
+mod config;
 mod embedding;
 mod encoder;
+pub mod init;
+mod interpolate;
 mod layer_norm;
 mod linear;
 mod mlp;
@@ -44,8 +51,11 @@ pub use activation::Activation;
 pub use attention::{
     AttentionConfig, AttentionKeys, AttentionMask, MultiHeadAttention, merge_heads, split_heads,
 };
+pub use classify::{LabelScore, top_k_rows};
+pub use config::{parse_json_config, read_json_config};
 pub use embedding::Embedding;
 pub use encoder::{Encoder, EncoderConfig, EncoderKeys, EncoderLayerKeys, PreNormEncoderLayer};
+pub use interpolate::{bicubic_resize_grid, interpolated_positions};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::{Mlp, MlpKeys};

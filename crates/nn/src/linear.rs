@@ -73,8 +73,8 @@ impl Linear {
 
 impl Module for Linear {
     /// `x` is `(..., in)` with at least one dimension; the result is `(..., out)`. Leading
-    /// dimensions are flattened into the rows of one matrix product with `W^T`, a transposed
-    /// view of the weight (no copy).
+    /// dimensions are flattened into the rows of one fused
+    /// [`Tensor::linear`](glimpse_tensor::Tensor::linear).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (out_f, in_f) = (self.out_features(), self.in_features());
         match x.dims().last() {
@@ -91,12 +91,9 @@ impl Module for Linear {
         let lead = &x.dims()[..x.rank() - 1];
         let rows: usize = lead.iter().product();
         let x2 = x.reshape([rows, in_f])?;
-        // (R, in) @ (in, out) -> (R, out); W^T is a strided view of the (out, in) weight.
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            // b is (out), broadcast over the rows.
-            y = y.add(b)?;
-        }
+        // (R, in) @ (in, out) + b -> (R, out), one fused op (backends may keep the weight
+        // prepared between calls).
+        let y = x2.linear(&self.weight, self.bias.as_ref())?;
         let mut out_dims = lead.to_vec();
         out_dims.push(out_f);
         y.reshape(out_dims)

@@ -42,6 +42,7 @@ fn check_self(keys: AttentionKeys, bias: bool, causal: bool, pad: bool) {
         let vb = w.vb(dtype);
         let cfg = AttentionConfig {
             bias,
+            out_bias: bias,
             ..AttentionConfig::new(E, H)
         };
         let mha = MultiHeadAttention::new(vb.pp("blk"), &cfg, &keys).unwrap();

@@ -385,6 +385,13 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     // ----- fused ops: default compositions, override with a kernel -----
 
+    /// A fully connected layer: `x` `(M, K)` times the transpose of `weight` `(N, K)` (the
+    /// PyTorch layout), plus `bias` `(N)` on every row. Weights are immutable, so a backend
+    /// may keep a prepared (for instance packed) form of `weight` across calls.
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        compose::linear(x, weight, bias)
+    }
+
     /// Softmax over the last dimension.
     fn softmax_last_dim(&self, x: &Tensor) -> Result<Tensor> {
         compose::softmax_last_dim(x)

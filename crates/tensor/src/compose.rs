@@ -101,6 +101,15 @@ fn attention_scores(
     Ok((scores, visible))
 }
 
+/// `x @ weight^T + bias`: `x` is `(M, K)`, `weight` `(N, K)`, `bias` `(N)`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&weight.t()?)?;
+    match bias {
+        Some(b) => y.add(b),
+        None => Ok(y),
+    }
+}
+
 /// `softmax(scale * q k^T + mask) v`, written out with an explicit score matrix.
 pub fn attention(
     q: &Tensor,

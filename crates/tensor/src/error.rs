@@ -82,6 +82,10 @@ pub enum Error {
     /// A safetensors file (or index) that cannot be parsed.
     #[error("corrupt safetensors file {path}: {msg}")]
     SafeTensors { path: String, msg: String },
+    /// A model configuration (a `config.json`, or one built in code) that is malformed, or
+    /// that does not fit the model or its weights.
+    #[error("bad model configuration {path}: {msg}")]
+    Config { path: String, msg: String },
     /// A file that cannot be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -134,6 +138,15 @@ impl Error {
     pub fn backend(backend: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Backend {
             backend: backend.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Config`]; `path` names the file, or the config type when it
+    /// did not come from a file.
+    pub fn config(path: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            path: path.into(),
             msg: msg.into(),
         }
     }

@@ -1038,6 +1038,36 @@ impl Tensor {
             .attention_backward(q, k, v, out, d_out, opts)
     }
 
+    /// A fully connected layer, `self @ weight^T + bias`: `self` is `(M, K)`, `weight` is
+    /// `(N, K)` (the PyTorch layout of a linear layer's weight), `bias` is `(N)`; the result
+    /// is `(M, N)`. Backends may keep a prepared form of `weight` between calls (the CPU
+    /// backend caches its packed panels), so pass the layer's own weight tensor each time.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        const OP: &str = "linear";
+        check_float(OP, self)?;
+        check_same_device(OP, self, weight)?;
+        check_same_dtype(OP, self, weight)?;
+        if self.rank() != 2 || weight.rank() != 2 || self.dims()[1] != weight.dims()[1] {
+            return Err(Error::ShapeMismatch {
+                op: "linear (x must be (M, K) and weight (N, K))",
+                lhs: self.shape().clone(),
+                rhs: weight.shape().clone(),
+            });
+        }
+        if let Some(b) = bias {
+            check_same_device(OP, self, b)?;
+            check_same_dtype(OP, self, b)?;
+            if b.dims() != [weight.dims()[0]] {
+                return Err(Error::bad_shape(
+                    OP,
+                    format!("bias must be ({})", weight.dims()[0]),
+                    b.shape(),
+                ));
+            }
+        }
+        self.device().backend().linear(self, weight, bias)
+    }
+
     /// Patch embedding: a convolution with stride equal to its kernel over `(B, C, H, W)`
     /// images, flattened to `(B, [1 +] (H/P)(W/P), E)` rows, with optional class row and
     /// position embedding added.
