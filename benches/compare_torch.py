@@ -1,7 +1,9 @@
-"""PyTorch's side of `cargo xtask bench-compare cpu`.
+"""PyTorch's side of `cargo xtask bench-compare cpu|models`.
 
-Times the same workloads, with the same shapes and the same timing rule (two warm-up runs, then
-the median of at least 5 runs and about 2 seconds), as `glimpse_benches::cpu_suite`, and prints
+`compare_torch.py SUITE [FILTER]` times the same workloads, with the same shapes and the same
+timing rule (two warm-up runs, then the median of at least 5 runs and about 2 seconds), as
+`glimpse_benches::cpu_suite` (SUITE `cpu`) or `glimpse_benches::model_suite` (SUITE `models`:
+transformers' ViT and CLIP with random weights, default attention implementation), and prints
 one JSON object per line. Threads: torch.set_num_threads(GLIMPSE_BENCH_THREADS or all cores).
 """
 
@@ -112,13 +114,58 @@ def suite():
     return w
 
 
+VIT_B16_FLOPS = 35.2e9
+
+
+def vit_b16(batch):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(num_labels=1000)).eval()
+    pixels = torch.randn(batch, 3, 224, 224)
+    return f"ViT-B/16 fp32 batch {batch}", VIT_B16_FLOPS * batch, lambda: model(pixel_values=pixels)
+
+
+def clip_b32():
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    # openai/clip-vit-base-patch32's architecture (the config defaults).
+    return CLIPModel(CLIPConfig()).eval()
+
+
+def clip_b32_image(batch):
+    model = clip_b32()
+    pixels = torch.randn(batch, 3, 224, 224)
+    return (f"CLIP ViT-B/32 image fp32 batch {batch}", 0.0,
+            lambda: model.get_image_features(pixel_values=pixels))
+
+
+def clip_b32_text(batch, length):
+    model = clip_b32()
+    ids = torch.randint(1, 49000, (batch, length))
+    ids[:, 0] = 49406
+    ids[:, -1] = 49407
+    mask = torch.ones(batch, length, dtype=torch.long)
+    return (f"CLIP text fp32 batch {batch}x{length}", 0.0,
+            lambda: model.get_text_features(input_ids=ids, attention_mask=mask))
+
+
+def model_suite():
+    return [vit_b16(1), vit_b16(8), clip_b32_image(1), clip_b32_text(8, 77)]
+
+
 def main():
     threads = int(os.environ.get("GLIMPSE_BENCH_THREADS", os.cpu_count()))
     torch.set_num_threads(threads)
-    flt = sys.argv[1] if len(sys.argv) > 1 else None
-    with torch.no_grad():
-        pass
-    for name, flops, fn in suite():
+    suites = {"cpu": suite, "models": model_suite}
+    if len(sys.argv) < 2 or sys.argv[1] not in suites:
+        sys.exit(f"usage: compare_torch.py {'|'.join(suites)} [FILTER]")
+    make = suites[sys.argv[1]]
+    flt = sys.argv[2] if len(sys.argv) > 2 else None
+    # Inference only for the models; the cpu suite's backward workload needs autograd.
+    torch.set_grad_enabled(sys.argv[1] != "models")
+    for name, flops, fn in make():
         if flt and flt not in name:
             continue
         ms = median_ms(fn)

@@ -220,3 +220,71 @@ pub fn median_ms(run: &mut dyn FnMut() -> Result<()>, min_runs: usize, budget: f
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
 }
+
+/// ViT-B/16 (google/vit-base-patch16-224's architecture, 1000 classes, random weights):
+/// logits of `batch` 224px images, in f32.
+pub fn vit_b16(batch: usize, device: &Device) -> Result<Workload> {
+    let cfg = glimpse_vit::ViTConfig::vit_base_patch16_224(1000);
+    let vb = glimpse_vit::random_weights(&cfg, true, DType::F32, device)?;
+    let model = glimpse_vit::ViTForImageClassification::new(&cfg, vb)?;
+    let pixels = normal(&[batch, 3, 224, 224], 3, device)?;
+    Ok(workload(
+        format!("ViT-B/16 fp32 batch {batch}"),
+        VIT_B16_FLOPS * batch as f64,
+        move || model.forward(&pixels).map(drop),
+    ))
+}
+
+/// Floating-point operations of one ViT-B/16 forward at 224px (35.2 GFLOP, counting the
+/// patch embedding, the 12 layers and the head; multiply-adds count 2).
+pub const VIT_B16_FLOPS: f64 = 35.2e9;
+
+fn clip_b32(device: &Device) -> Result<glimpse_clip::ClipModel> {
+    let cfg = glimpse_clip::ClipConfig::vit_base_patch32();
+    let vb = glimpse_clip::random_weights(&cfg, DType::F32, device)?;
+    glimpse_clip::ClipModel::new(&cfg, vb)
+}
+
+/// CLIP ViT-B/32's image tower and projection (openai/clip-vit-base-patch32's architecture,
+/// random weights) on `batch` 224px images, in f32.
+pub fn clip_b32_image(batch: usize, device: &Device) -> Result<Workload> {
+    let model = clip_b32(device)?;
+    let pixels = normal(&[batch, 3, 224, 224], 4, device)?;
+    Ok(workload(
+        format!("CLIP ViT-B/32 image fp32 batch {batch}"),
+        0.0,
+        move || model.get_image_features(&pixels).map(drop),
+    ))
+}
+
+/// CLIP ViT-B/32's text tower and projection on `batch` texts of `len` tokens (full length,
+/// the end-of-text token last), in f32.
+pub fn clip_b32_text(batch: usize, len: usize, device: &Device) -> Result<Workload> {
+    let model = clip_b32(device)?;
+    // Start token, pseudo-random words, end-of-text token (the largest id) last.
+    let ids: Vec<u32> = (0..batch * len)
+        .map(|i| match i % len {
+            0 => 49406,
+            p if p == len - 1 => 49407,
+            _ => ((i as u64 * 2_654_435_761) % 49_000) as u32 + 1,
+        })
+        .collect();
+    let ids = Tensor::from_vec(ids, [batch, len], device)?;
+    let mask = Tensor::ones([batch, len], DType::U32, device)?;
+    Ok(workload(
+        format!("CLIP text fp32 batch {batch}x{len}"),
+        0.0,
+        move || model.get_text_features(&ids, Some(&mask)).map(drop),
+    ))
+}
+
+/// The whole-model workloads of the comparison with PyTorch (`cargo xtask bench-compare
+/// models`), in the order `compare_torch.py models` uses.
+pub fn model_suite(device: &Device) -> Result<Vec<Workload>> {
+    Ok(vec![
+        vit_b16(1, device)?,
+        vit_b16(8, device)?,
+        clip_b32_image(1, device)?,
+        clip_b32_text(8, 77, device)?,
+    ])
+}

@@ -1,10 +1,22 @@
 //! Project automation: `cargo xtask <command>`.
 //!
 //! * `ci` runs locally what CI runs: format check, clippy with warnings as errors, the tests.
-//! * `bench-compare cpu [FILTER]` times the CPU workloads in glimpse and then in PyTorch on the
-//!   same machine, and prints one table with the ratios. PyTorch comes from
-//!   `$GLIMPSE_TORCH_PYTHON` when set, otherwise from a venv this command creates in
-//!   `target/torch-venv` (`pip install torch`).
+//! * `bench-compare cpu|models [FILTER]` times a suite of workloads in glimpse and then in
+//!   PyTorch on the same machine, and prints one table with the ratios: `cpu` is the kernels
+//!   and ops, `models` whole ViT-B/16 and CLIP ViT-B/32 forwards (transformers on PyTorch's
+//!   side). PyTorch comes from `$GLIMPSE_TORCH_PYTHON` when set, otherwise from a venv this
+//!   command creates in `target/torch-venv` (`pip install torch transformers`).
+//! * `fixtures` regenerates the committed reference fixtures: `tests/fixtures/models` with
+//!   `tests/fixtures/generate/models.py`, then `tests/fixtures/processing` with
+//!   `tests/fixtures/generate/processing.py` when that script exists. Python comes from
+//!   `$GLIMPSE_FIXTURES_PYTHON` when set, otherwise from a venv this command creates in
+//!   `target/fixtures-venv` (`pip install -r tests/fixtures/generate/requirements.txt`, the
+//!   pinned versions).
+//! * `parity [--full] [--keep] [FILTER]` runs the model parity tests (`tests/tests/parity.rs`)
+//!   in release. With `--full` it first builds the full-size models with random weights in
+//!   `target/parity-full/models` (`models.py --full`, same Python as `fixtures`) and runs the
+//!   ignored full-size tests against them (`GLIMPSE_PARITY_DIR`); the directory (about 1 GB) is
+//!   removed after a pass unless `--keep` is given, and kept after a failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -13,10 +25,14 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("fixtures") => fixtures(),
+        Some("parity") => parity(&args[1..]),
         Some("bench-compare") => match args.get(1).map(String::as_str) {
-            Some("cpu") => bench_compare_cpu(args.get(2).map(String::as_str)),
+            Some(suite @ ("cpu" | "models")) => {
+                bench_compare(suite, args.get(2).map(String::as_str))
+            }
             other => Err(format!(
-                "bench-compare: unknown target {other:?}; available: cpu"
+                "bench-compare: unknown suite {other:?}; available: cpu, models"
             )),
         },
         _ => Err(usage()),
@@ -33,7 +49,11 @@ fn main() -> ExitCode {
 fn usage() -> String {
     "usage: cargo xtask <command>\n\
      \n  ci                          format check, clippy -D warnings, tests (what CI runs)\n  \
-     bench-compare cpu [FILTER]  glimpse vs PyTorch on the CPU workloads, side by side"
+     bench-compare cpu|models [FILTER]\n                              \
+     glimpse vs PyTorch on the CPU kernels or whole models, side by side\n  \
+     fixtures                    regenerate tests/fixtures/{models,processing} (pinned transformers)\n  \
+     parity [--full] [--keep] [FILTER]\n                              \
+     ViT/CLIP parity tests; --full builds the full-size models first"
         .to_string()
 }
 
@@ -90,16 +110,160 @@ fn ci() -> Result<(), String> {
 
 /// A Python interpreter with torch: `$GLIMPSE_TORCH_PYTHON`, or a venv made on first use.
 fn torch_python() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("GLIMPSE_TORCH_PYTHON") {
+    venv_python(
+        "GLIMPSE_TORCH_PYTHON",
+        "target/torch-venv",
+        &["torch", "numpy", "transformers"],
+    )
+}
+
+/// The Python of the fixture generators, with the pinned versions:
+/// `$GLIMPSE_FIXTURES_PYTHON`, or a venv made on first use.
+fn fixtures_python() -> Result<PathBuf, String> {
+    venv_python(
+        "GLIMPSE_FIXTURES_PYTHON",
+        "target/fixtures-venv",
+        &["-r", "tests/fixtures/generate/requirements.txt"],
+    )
+}
+
+/// `$env_var` when set; otherwise the venv `dir` (relative to the workspace root), created
+/// with `python3 -m venv` and then `pip install <install>`. The install is redone when it did
+/// not finish or when its arguments, or the requirements files they name with `-r`, changed
+/// (a stamp file in the venv records what was installed).
+fn venv_python(env_var: &str, dir: &str, install: &[&str]) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(env_var) {
         return Ok(PathBuf::from(p));
     }
-    let venv = root().join("target/torch-venv");
+    let venv = root().join(dir);
     let python = venv.join("bin/python");
+    let stamp_path = venv.join(".xtask-installed");
+    let mut stamp = install.join(" ");
+    for pair in install.windows(2) {
+        if pair[0] == "-r" {
+            let path = root().join(pair[1]);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            stamp.push('\n');
+            stamp.push_str(&text);
+        }
+    }
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "torch", "numpy"]))?;
+    }
+    if std::fs::read_to_string(&stamp_path).ok().as_deref() != Some(stamp.as_str()) {
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(install))?;
+        std::fs::write(&stamp_path, &stamp)
+            .map_err(|e| format!("cannot write {}: {e}", stamp_path.display()))?;
     }
     Ok(python)
+}
+
+/// `cargo xtask fixtures`: regenerates the committed fixtures with the pinned versions.
+fn fixtures() -> Result<(), String> {
+    let python = fixtures_python()?;
+    let generate = root().join("tests/fixtures/generate");
+    run(Command::new(&python)
+        .arg(generate.join("models.py"))
+        .args(["--out", "tests/fixtures/models"]))?;
+    let processing = generate.join("processing.py");
+    if processing.exists() {
+        run(Command::new(&python)
+            .arg(&processing)
+            .args(["--out", "tests/fixtures/processing"]))?;
+    } else {
+        eprintln!(
+            "xtask: {} does not exist; tests/fixtures/processing left as is",
+            processing.display()
+        );
+    }
+    Ok(())
+}
+
+/// What `cargo xtask parity` was asked for.
+#[derive(Debug, Default, PartialEq)]
+struct ParityArgs {
+    full: bool,
+    keep: bool,
+    filter: Option<String>,
+}
+
+fn parse_parity_args(args: &[String]) -> Result<ParityArgs, String> {
+    let mut parsed = ParityArgs::default();
+    for arg in args {
+        match arg.as_str() {
+            "--full" => parsed.full = true,
+            "--keep" => parsed.keep = true,
+            f if !f.starts_with('-') && parsed.filter.is_none() => {
+                parsed.filter = Some(f.to_string())
+            }
+            other => {
+                return Err(format!(
+                    "parity: unexpected argument {other:?}; usage: parity [--full] [--keep] [FILTER]"
+                ));
+            }
+        }
+    }
+    if parsed.keep && !parsed.full {
+        return Err("parity: --keep only makes sense with --full".into());
+    }
+    Ok(parsed)
+}
+
+/// `cargo xtask parity [--full] [--keep] [FILTER]`.
+fn parity(args: &[String]) -> Result<(), String> {
+    let args = parse_parity_args(args)?;
+    let mut test = cargo();
+    test.args([
+        "test",
+        "--release",
+        "-p",
+        "glimpse-integration-tests",
+        "--test",
+        "parity",
+        "--",
+    ]);
+    if !args.full {
+        // The tiny committed fixtures only.
+        return run(test.args(args.filter.as_deref()).arg("--nocapture"));
+    }
+    let python = fixtures_python()?;
+    let dir = root().join("target/parity-full/models");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    run(Command::new(&python)
+        .arg(root().join("tests/fixtures/generate/models.py"))
+        .arg("--full")
+        .arg(&dir))?;
+    test.args(["--ignored", "--nocapture"])
+        .args(args.filter.as_deref())
+        .env("GLIMPSE_PARITY_DIR", &dir);
+    match run(&mut test) {
+        Ok(()) if !args.keep => {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+            eprintln!("xtask: parity --full passed; removed {}", dir.display());
+            Ok(())
+        }
+        Ok(()) => {
+            eprintln!(
+                "xtask: parity --full passed; models kept in {}",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "{e}\nthe full-size models are kept in {0}; rerun the tests with\n  \
+             GLIMPSE_PARITY_DIR={0} cargo test --release -p glimpse-integration-tests \
+             --test parity -- --ignored --nocapture",
+            dir.display()
+        )),
+    }
 }
 
 /// One line of JSON printed by either side: the name and the median.
@@ -132,7 +296,7 @@ fn parse_rows(text: &str) -> Vec<Row> {
         .collect()
 }
 
-fn bench_compare_cpu(filter: Option<&str>) -> Result<(), String> {
+fn bench_compare(suite: &str, filter: Option<&str>) -> Result<(), String> {
     let python = torch_python()?;
     let mut glimpse = cargo();
     glimpse.args([
@@ -145,12 +309,14 @@ fn bench_compare_cpu(filter: Option<&str>) -> Result<(), String> {
         "gemm-crate",
         "--bin",
         "bench-compare",
+        suite,
     ]);
     glimpse.args(filter);
     let ours = parse_rows(&output(&mut glimpse)?);
     let mut torch = Command::new(&python);
     torch
         .arg(root().join("benches/compare_torch.py"))
+        .arg(suite)
         .args(filter);
     let torch_text = output(&mut torch)?;
     let theirs = parse_rows(&torch_text);
@@ -206,6 +372,26 @@ fn gf(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_parity_arguments() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_parity_args(&args(&[])).unwrap(),
+            ParityArgs::default()
+        );
+        assert_eq!(
+            parse_parity_args(&args(&["--full", "clip", "--keep"])).unwrap(),
+            ParityArgs {
+                full: true,
+                keep: true,
+                filter: Some("clip".into())
+            }
+        );
+        assert!(parse_parity_args(&args(&["--keep"])).is_err());
+        assert!(parse_parity_args(&args(&["--fast"])).is_err());
+        assert!(parse_parity_args(&args(&["a", "b"])).is_err());
+    }
 
     #[test]
     fn parses_both_sides_json_lines() {

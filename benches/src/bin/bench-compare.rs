@@ -1,11 +1,22 @@
-//! Times every workload of `glimpse_benches::cpu_suite` and prints one JSON object per line:
-//! `{"name": ..., "median_ms": ..., "gflops": ...}`. Run through `cargo xtask bench-compare cpu`,
-//! which puts PyTorch's figures for the same shapes beside these.
+//! `bench-compare SUITE [FILTER]` times every workload of a suite (`cpu`:
+//! `glimpse_benches::cpu_suite`, the kernels and ops; `models`: `glimpse_benches::model_suite`,
+//! whole ViT and CLIP forwards) and prints one JSON object per line:
+//! `{"name": ..., "median_ms": ..., "gflops": ...}`. Run through `cargo xtask bench-compare
+//! SUITE`, which puts PyTorch's figures for the same work beside these.
 
 fn main() {
-    let filter: Option<String> = std::env::args().nth(1);
+    let suite_name = std::env::args().nth(1).unwrap_or_default();
+    let filter: Option<String> = std::env::args().nth(2);
     let device = glimpse_cpu::device();
-    let suite = match glimpse_benches::cpu_suite(&device) {
+    let suite = match suite_name.as_str() {
+        "cpu" => glimpse_benches::cpu_suite(&device),
+        "models" => glimpse_benches::model_suite(&device),
+        other => {
+            eprintln!("error: unknown suite {other:?}; usage: bench-compare cpu|models [FILTER]");
+            std::process::exit(2);
+        }
+    };
+    let suite = match suite {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: building the workloads failed: {e}");

@@ -1,0 +1,267 @@
+//! ViT and CLIP against the reference implementation (Hugging Face transformers).
+//!
+//! The fixtures in `tests/fixtures/models` hold tiny models with random weights saved under
+//! the published key names, with inputs and the reference outputs
+//! (`tests/fixtures/generate/models.py`, run by `cargo xtask fixtures`). `cargo xtask parity
+//! --full` builds the full-size ViT-B/16 and CLIP ViT-B/32 the same way in a temp dir and
+//! runs the ignored `full_size_*` tests here against it (`GLIMPSE_PARITY_DIR`).
+//!
+//! Tolerances (max abs error against the f32 reference): f32 1e-4 everywhere (the issue's
+//! bar); the half-precision runs are checked against the same f32 reference with the bounds
+//! in [`half_tolerance`], which measure the precision of the format through a whole model,
+//! not a kernel.
+
+use std::path::{Path, PathBuf};
+
+use glimpse_clip::ClipModel;
+use glimpse_tensor::safetensors::SafeTensorsFile;
+use glimpse_tensor::{DType, Device, Tensor};
+use glimpse_vit::{ViTForImageClassification, ViTModel};
+
+fn tiny_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
+}
+
+struct Reference {
+    file: SafeTensorsFile,
+    device: Device,
+}
+
+impl Reference {
+    fn open(dir: &Path) -> Reference {
+        let path = dir.join("reference.safetensors");
+        let file = SafeTensorsFile::open(&path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        Reference {
+            file,
+            device: glimpse_cpu::device(),
+        }
+    }
+
+    /// A float input converted to `dtype`.
+    fn input(&self, name: &str, dtype: DType) -> Tensor {
+        self.file
+            .load_as(name, dtype, &self.device)
+            .unwrap_or_else(|e| panic!("reference input {name}: {e}"))
+    }
+
+    /// An integer input (int64 in the file) as u32.
+    fn ids(&self, name: &str) -> Tensor {
+        self.file
+            .load_as(name, DType::U32, &self.device)
+            .unwrap_or_else(|e| panic!("reference ids {name}: {e}"))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.file.contains(name)
+    }
+
+    /// Checks `got` against the reference output `name`, returning the max abs error.
+    fn check(&self, name: &str, got: &Tensor, tol: f64) -> f64 {
+        let want = self
+            .file
+            .load_as(name, DType::F64, &self.device)
+            .unwrap_or_else(|e| panic!("reference output {name}: {e}"));
+        assert_eq!(got.dims(), want.dims(), "{name}: shape");
+        let got = got.to_f64_vec().unwrap();
+        let want = want.to_f64_vec().unwrap();
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(
+                0.0f64,
+                |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
+            );
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        eprintln!("{name}: max abs err {err:.3e} (max |ref| {scale:.3})");
+        assert!(
+            err <= tol,
+            "{name}: max abs error {err:e} exceeds {tol:e} (max |ref| {scale})"
+        );
+        err
+    }
+}
+
+/// The f32 bar of the issue.
+const F32_TOL: f64 = 1e-4;
+
+/// Max abs error allowed for a whole-model run in a half type (weights and activations
+/// stored in it, arithmetic in f32) against the f32 reference. The tiny models' outputs are
+/// O(1) to O(7) (layer-normed); measured at the time of writing: f16 at most 6.9e-3, bf16 at
+/// most 4.4e-2 (CLIP's vision hidden states, max |ref| 6.7), f32 at most 2.9e-6.
+fn half_tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 1e-2,
+        DType::BF16 => 6e-2,
+        _ => F32_TOL,
+    }
+}
+
+fn check_vit_classifier(dir: &Path, dtype: DType) {
+    let tol = half_tolerance(dtype);
+    let device = glimpse_cpu::device();
+    let model = ViTForImageClassification::from_pretrained(dir, dtype, &device).unwrap();
+    let r = Reference::open(dir);
+    let pixels = r.input("pixel_values", dtype);
+    let out = model.vit().forward(&pixels).unwrap();
+    r.check("last_hidden_state", &out.last_hidden_state, tol);
+    r.check("logits", &model.forward(&pixels).unwrap(), tol);
+    if r.has("pixel_values_interp") {
+        let pixels = r.input("pixel_values_interp", dtype);
+        let out = model.vit().forward_with(&pixels, true).unwrap();
+        r.check("last_hidden_state_interp", &out.last_hidden_state, tol);
+        r.check(
+            "logits_interp",
+            &model.forward_with(&pixels, true).unwrap(),
+            tol,
+        );
+        // Without interpolation another size is refused.
+        assert!(model.forward(&pixels).is_err());
+    }
+}
+
+fn check_vit_model(dir: &Path, dtype: DType) {
+    let tol = half_tolerance(dtype);
+    let device = glimpse_cpu::device();
+    let model = ViTModel::from_pretrained(dir, dtype, &device).unwrap();
+    let r = Reference::open(dir);
+    let out = model.forward(&r.input("pixel_values", dtype)).unwrap();
+    r.check("last_hidden_state", &out.last_hidden_state, tol);
+    r.check(
+        "pooler_output",
+        &out.pooler_output.expect("the checkpoint has a pooler"),
+        tol,
+    );
+}
+
+fn check_clip(dir: &Path, dtype: DType) {
+    let tol = half_tolerance(dtype);
+    let device = glimpse_cpu::device();
+    let model = ClipModel::from_pretrained(dir, dtype, &device).unwrap();
+    let r = Reference::open(dir);
+    let ids = r.ids("input_ids");
+    let mask = r.ids("attention_mask");
+    let pixels = r.input("pixel_values", dtype);
+
+    let text = model.text_model().forward(&ids, Some(&mask)).unwrap();
+    r.check("text_last_hidden_state", &text.last_hidden_state, tol);
+    r.check("text_pooler_output", &text.pooler_output, tol);
+    r.check(
+        "text_features",
+        &model.get_text_features(&ids, Some(&mask)).unwrap(),
+        tol,
+    );
+    if r.has("text_pooler_output_nomask") {
+        let text = model.text_model().forward(&ids, None).unwrap();
+        r.check(
+            "text_last_hidden_state_nomask",
+            &text.last_hidden_state,
+            tol,
+        );
+        r.check("text_pooler_output_nomask", &text.pooler_output, tol);
+    }
+
+    let vision = model.vision_model().forward(&pixels, false).unwrap();
+    r.check("vision_last_hidden_state", &vision.last_hidden_state, tol);
+    r.check("vision_pooler_output", &vision.pooler_output, tol);
+    r.check(
+        "image_features",
+        &model.get_image_features(&pixels).unwrap(),
+        tol,
+    );
+
+    let out = model.forward(&pixels, &ids, Some(&mask)).unwrap();
+    r.check("image_embeds", &out.image_embeds, tol);
+    r.check("text_embeds", &out.text_embeds, tol);
+    // The logits are scaled by exp(logit_scale); the tolerance scales with them.
+    let logit_tol = tol * model.logit_scale().max(1.0);
+    r.check("logits_per_image", &out.logits_per_image, logit_tol);
+    r.check("logits_per_text", &out.logits_per_text, logit_tol);
+
+    if r.has("pixel_values_interp") {
+        let pixels = r.input("pixel_values_interp", dtype);
+        let vision = model.vision_model().forward(&pixels, true).unwrap();
+        r.check(
+            "vision_last_hidden_state_interp",
+            &vision.last_hidden_state,
+            tol,
+        );
+        r.check(
+            "image_features_interp",
+            &model.get_image_features_with(&pixels, true).unwrap(),
+            tol,
+        );
+        assert!(model.get_image_features(&pixels).is_err());
+    }
+}
+
+fn check_clip_text_only(dir: &Path, dtype: DType) {
+    let tol = half_tolerance(dtype);
+    let device = glimpse_cpu::device();
+    let model = ClipModel::from_pretrained(dir, dtype, &device).unwrap();
+    let r = Reference::open(dir);
+    let ids = r.ids("input_ids");
+    let mask = r.ids("attention_mask");
+    let text = model.text_model().forward(&ids, Some(&mask)).unwrap();
+    r.check("text_pooler_output", &text.pooler_output, tol);
+    r.check(
+        "text_features",
+        &model.get_text_features(&ids, Some(&mask)).unwrap(),
+        tol,
+    );
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+#[test]
+fn vit_classifier_matches_transformers() {
+    for dtype in DTYPES {
+        eprintln!("-- {dtype}");
+        check_vit_classifier(&tiny_root().join("vit-classifier-tiny"), dtype);
+    }
+}
+
+#[test]
+fn vit_base_model_with_pooler_matches_transformers() {
+    for dtype in DTYPES {
+        eprintln!("-- {dtype}");
+        check_vit_model(&tiny_root().join("vit-model-tiny"), dtype);
+    }
+}
+
+#[test]
+fn clip_matches_transformers() {
+    for dtype in DTYPES {
+        eprintln!("-- {dtype}");
+        check_clip(&tiny_root().join("clip-tiny"), dtype);
+    }
+}
+
+#[test]
+fn clip_legacy_eos_config_pools_at_the_largest_id() {
+    for dtype in DTYPES {
+        eprintln!("-- {dtype}");
+        check_clip_text_only(&tiny_root().join("clip-tiny-legacy-eos"), dtype);
+    }
+}
+
+fn full_root() -> PathBuf {
+    PathBuf::from(
+        std::env::var("GLIMPSE_PARITY_DIR").expect(
+            "GLIMPSE_PARITY_DIR must name the directory `cargo xtask parity --full` generated",
+        ),
+    )
+}
+
+#[test]
+#[ignore = "full-size models; run by `cargo xtask parity --full`"]
+fn full_size_vit_base_patch16_224() {
+    check_vit_classifier(&full_root().join("vit-base-patch16-224"), DType::F32);
+}
+
+#[test]
+#[ignore = "full-size models; run by `cargo xtask parity --full`"]
+fn full_size_clip_vit_base_patch32() {
+    check_clip(&full_root().join("clip-vit-base-patch32"), DType::F32);
+}
