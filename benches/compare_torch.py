@@ -1,4 +1,7 @@
-"""PyTorch's side of `cargo xtask bench-compare cpu|models`.
+"""PyTorch's side of `cargo xtask bench-compare cpu|models` and of the GPU bundle.
+
+`compare_torch.py cuda [FILTER]` times `glimpse_benches::cuda_suite`'s work on cuda:0 (CUDA
+events), and `compare_torch.py table GLIMPSE.jsonl TORCH.jsonl` prints the side-by-side table.
 
 `compare_torch.py SUITE [FILTER]` times the same workloads, with the same shapes and the same
 timing rule (two warm-up runs, then the median of at least 5 runs and about 2 seconds), as
@@ -155,7 +158,144 @@ def model_suite():
     return [vit_b16(1), vit_b16(8), clip_b32_image(1), clip_b32_text(8, 77)]
 
 
+def cuda_median_ms(fn, inner, min_samples=5, budget=2.0):
+    """Median ms of one run on the GPU: CUDA events around `inner` back-to-back runs per
+    sample, after a warm-up (the same rule as glimpse's median_ms_synced)."""
+    for _ in range(max(inner, 2)):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    times = []
+    while len(times) < min_samples or (time.perf_counter() - start < budget and len(times) < 100):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(inner):
+            fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / inner)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def cuda_suite():
+    """The GPU workloads of `glimpse_benches::cuda_suite`, bf16 on cuda:0, as
+    (name, flops, fn, inner)."""
+    dev, bf = "cuda", torch.bfloat16
+
+    def randn(*shape):
+        return torch.randn(*shape, device=dev, dtype=bf)
+
+    w = []
+    for b, h, n, d, inner in [(128, 12, 197, 64, 50), (4, 16, 4096, 64, 10), (4, 16, 4096, 128, 10)]:
+        q, k, v = randn(b, h, n, d), randn(b, h, n, d), randn(b, h, n, d)
+        w.append((f"attention fwd bf16 B{b} H{h} N{n} D{d}", 4.0 * b * h * n * n * d,
+                  lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), inner))
+    for b, h, n, d, inner in [(128, 12, 197, 64, 20), (4, 16, 4096, 64, 5), (4, 16, 4096, 128, 5)]:
+        q, k, v = (randn(b, h, n, d).requires_grad_(True) for _ in range(3))
+        d_out = randn(b, h, n, d)
+
+        def fwd_bwd(q=q, k=k, v=v, d_out=d_out):
+            out = F.scaled_dot_product_attention(q, k, v)
+            torch.autograd.grad(out, (q, k, v), d_out)
+
+        w.append((f"attention fwd+bwd bf16 B{b} H{h} N{n} D{d}", 3.5 * 4.0 * b * h * n * n * d,
+                  fwd_bwd, inner))
+    b, size, p, e = 256, 224, 16, 768
+    x, wt, bias = randn(b, 3, size, size), randn(e, 3, p, p), randn(e)
+    patches = (size // p) ** 2
+    cls, pos = randn(1, 1, e), randn(1, patches + 1, e)
+
+    def patch(x=x, wt=wt, bias=bias, cls=cls, pos=pos):
+        y = F.conv2d(x, wt, bias, stride=p).flatten(2).transpose(1, 2)
+        return torch.cat([cls.expand(b, -1, -1), y], dim=1) + pos
+
+    w.append((f"patch_embed bf16 B{b} {size}px p{p} E{e}", 2.0 * b * patches * e * 3 * p * p, patch, 20))
+    n, d = 32768, 512
+    img, txt = randn(n, d).requires_grad_(True), randn(n, d).requires_grad_(True)
+    scale = torch.tensor(100.0, device=dev, requires_grad=True)
+    labels = torch.arange(n, device=dev)
+
+    def contrastive(img=img, txt=txt, scale=scale):
+        logits = scale * img @ txt.T
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        torch.autograd.grad(loss, (img, txt, scale))
+
+    w.append((f"contrastive fwd+bwd bf16 N{n} D{d}", 6.0 * n * n * d, contrastive, 3))
+    s8 = 8192
+    a8, b8 = randn(s8, s8), randn(s8, s8)
+    w.append((f"matmul bf16 {s8}x{s8}x{s8}", 2.0 * s8 ** 3, lambda: a8 @ b8, 5))
+    rows = 256 * 197
+    x, w_qkv, b_qkv = randn(rows, 768), randn(2304, 768), randn(2304)
+    w.append((f"linear bf16 {rows}x768 -> 2304", 2.0 * rows * 768 * 2304,
+              lambda: F.linear(x, w_qkv, b_qkv), 10))
+    g, bb = randn(768), randn(768)
+    w.append((f"layer_norm bf16 {rows}x768", 0.0, lambda: F.layer_norm(x, (768,), g, bb, 1e-12), 20))
+    hh = randn(rows, 3072)
+    w.append((f"gelu bf16 {rows}x3072", 0.0, lambda: F.gelu(hh), 20))
+    r2 = randn(rows, 768)
+    w.append((f"add bf16 {rows}x768", 0.0, lambda: x + r2, 20))
+    qkv = randn(256, 197, 3, 12, 64)
+    q, k, v = (qkv[:, :, i].permute(0, 2, 1, 3) for i in range(3))
+    w.append(("attention fwd bf16 B256 H12 N197 D64 (strided q/k/v)", 4.0 * 256 * 12 * 197 * 197 * 64,
+              lambda: F.scaled_dot_product_attention(q, k, v), 10))
+    from transformers import ViTConfig, ViTForImageClassification
+
+    vit = ViTForImageClassification(ViTConfig(num_labels=1000)).to(dev, bf).eval()
+    pixels = randn(256, 3, 224, 224)
+    vit.requires_grad_(False)  # inference, as glimpse's side
+    w.append(("ViT-B/16 bf16 batch 256", VIT_B16_FLOPS * 256,
+              lambda: vit(pixel_values=pixels), 3))
+    return w
+
+
+def run_cuda(flt):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for name, flops, fn, inner in cuda_suite():
+        if flt and flt not in name:
+            continue
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ms = cuda_median_ms(fn, inner)
+        extra_gb = (torch.cuda.max_memory_allocated() - base) / 1e9
+        print(json.dumps({"name": name, "median_ms": round(ms, 4),
+                          "gflops": round(flops / ms / 1e6, 2) if flops else 0.0,
+                          "peak_extra_gb": round(extra_gb, 3)}), flush=True)
+    print(json.dumps({"torch": torch.__version__, "device": torch.cuda.get_device_name(0)}),
+          flush=True)
+
+
+def table(ours_path, theirs_path):
+    """Markdown table of two JSON-lines files (glimpse's, PyTorch's)."""
+    def rows(path):
+        out = {}
+        for line in open(path):
+            line = line.strip()
+            if line.startswith("{") and '"name"' in line:
+                r = json.loads(line)
+                out[r["name"]] = r
+        return out
+
+    ours, theirs = rows(ours_path), rows(theirs_path)
+    print("| workload | glimpse ms | PyTorch ms | PyTorch / glimpse | glimpse TFLOP/s | PyTorch TFLOP/s | PyTorch extra GB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in list(theirs) + [n for n in ours if n not in theirs]:
+        o, t = ours.get(name), theirs.get(name)
+        fmt = lambda r, k, f: f.format(r[k]) if r and r.get(k) else "-"
+        ratio = f"{t['median_ms'] / o['median_ms']:.2f}x" if o and t else "-"
+        tf = lambda r: f"{r['gflops'] / 1e3:.1f}" if r and r.get("gflops") else "-"
+        print(f"| {name} | {fmt(o, 'median_ms', '{:.4f}')} | {fmt(t, 'median_ms', '{:.4f}')} | "
+              f"{ratio} | {tf(o)} | {tf(t)} | {fmt(t, 'peak_extra_gb', '{:.2f}')} |")
+
+
 def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "table":
+        table(sys.argv[2], sys.argv[3])
+        return
+    if len(sys.argv) >= 2 and sys.argv[1] == "cuda":
+        torch.set_grad_enabled(True)
+        run_cuda(sys.argv[2] if len(sys.argv) > 2 else None)
+        return
     threads = int(os.environ.get("GLIMPSE_BENCH_THREADS", os.cpu_count()))
     torch.set_num_threads(threads)
     suites = {"cpu": suite, "models": model_suite}

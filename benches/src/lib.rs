@@ -288,3 +288,210 @@ pub fn model_suite(device: &Device) -> Result<Vec<Workload>> {
         clip_b32_text(8, 77, device)?,
     ])
 }
+
+/// Median wall time in milliseconds of one run on an asynchronous device: each sample runs the
+/// work `inner` times back to back and then waits for the device (`sync`), so the host-device
+/// round trip is spread over `inner` runs; at least `min_samples` samples and about `budget`
+/// seconds, after a warm-up sample.
+pub fn median_ms_synced(
+    run: &mut dyn FnMut() -> Result<()>,
+    sync: &dyn Fn() -> Result<()>,
+    inner: usize,
+    min_samples: usize,
+    budget: f64,
+) -> Result<f64> {
+    for _ in 0..inner.max(2) {
+        run()?;
+    }
+    sync()?;
+    let start = std::time::Instant::now();
+    let mut times = Vec::new();
+    while times.len() < min_samples || (start.elapsed().as_secs_f64() < budget && times.len() < 100)
+    {
+        let t = std::time::Instant::now();
+        for _ in 0..inner {
+            run()?;
+        }
+        sync()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3 / inner as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The GPU workloads of the CUDA comparison with PyTorch (`bench-compare cuda`, run by the GPU
+/// bundle), in bf16, in the order `compare_torch.py cuda` uses. Each returns the work and how
+/// many times to repeat it per timed sample.
+#[cfg(feature = "cuda")]
+pub fn cuda_suite(device: &Device) -> Result<Vec<(Workload, usize)>> {
+    let bf16 = |shape: &[usize], seed: u64| -> Result<Tensor> {
+        Tensor::rand_normal(0.0, 1.0, shape.to_vec(), DType::BF16, seed, device)
+    };
+    let mut w = Vec::new();
+    for (b, h, n, d, inner) in [
+        (128, 12, 197, 64, 50),
+        (4, 16, 4096, 64, 10),
+        (4, 16, 4096, 128, 10),
+    ] {
+        let (q, k, v) = (
+            bf16(&[b, h, n, d], 1)?,
+            bf16(&[b, h, n, d], 2)?,
+            bf16(&[b, h, n, d], 3)?,
+        );
+        let flops = 4.0 * (b * h * n * n * d) as f64;
+        let opts = AttentionOptions::default();
+        w.push((
+            workload(
+                format!("attention fwd bf16 B{b} H{h} N{n} D{d}"),
+                flops,
+                move || Tensor::attention(&q, &k, &v, &opts).map(drop),
+            ),
+            inner,
+        ));
+    }
+    for (b, h, n, d, inner) in [
+        (128, 12, 197, 64, 20),
+        (4, 16, 4096, 64, 5),
+        (4, 16, 4096, 128, 5),
+    ] {
+        let (q, k, v) = (
+            bf16(&[b, h, n, d], 1)?,
+            bf16(&[b, h, n, d], 2)?,
+            bf16(&[b, h, n, d], 3)?,
+        );
+        let d_out = bf16(&[b, h, n, d], 4)?;
+        // The usual count: the backward is 2.5 times the forward's work.
+        let flops = 3.5 * 4.0 * (b * h * n * n * d) as f64;
+        let opts = AttentionOptions::default();
+        w.push((
+            workload(
+                format!("attention fwd+bwd bf16 B{b} H{h} N{n} D{d}"),
+                flops,
+                move || {
+                    let out = Tensor::attention(&q, &k, &v, &opts)?;
+                    Tensor::attention_backward(&q, &k, &v, &out, &d_out, &opts).map(drop)
+                },
+            ),
+            inner,
+        ));
+    }
+    {
+        let (b, size, p, e) = (256, 224, 16, 768);
+        let images = bf16(&[b, 3, size, size], 5)?;
+        let weight = bf16(&[e, 3, p, p], 6)?;
+        let bias = bf16(&[e], 7)?;
+        let patches = (size / p) * (size / p);
+        let opts = PatchEmbedOptions {
+            patch_size: p,
+            class_embedding: Some(bf16(&[e], 8)?),
+            position_embedding: Some(bf16(&[patches + 1, e], 9)?),
+        };
+        w.push((
+            workload(
+                format!("patch_embed bf16 B{b} {size}px p{p} E{e}"),
+                2.0 * (b * patches * e * 3 * p * p) as f64,
+                move || Tensor::patch_embed(&images, &weight, Some(&bias), &opts).map(drop),
+            ),
+            20,
+        ));
+    }
+    {
+        let (n, d) = (32768, 512);
+        let img = bf16(&[n, d], 10)?;
+        let txt = bf16(&[n, d], 11)?;
+        let scale = Tensor::full(100.0, Vec::<usize>::new(), DType::F32, device)?;
+        let d_loss = Tensor::full(1.0, Vec::<usize>::new(), DType::F32, device)?;
+        w.push((
+            workload(
+                format!("contrastive fwd+bwd bf16 N{n} D{d}"),
+                6.0 * (n * n * d) as f64,
+                move || {
+                    let out = Tensor::contrastive_loss(&img, &txt, &scale)?;
+                    Tensor::contrastive_loss_backward(&img, &txt, &scale, &out, &d_loss).map(drop)
+                },
+            ),
+            3,
+        ));
+    }
+    {
+        let s = 8192;
+        let (a, b) = (bf16(&[s, s], 12)?, bf16(&[s, s], 13)?);
+        w.push((
+            workload(
+                format!("matmul bf16 {s}x{s}x{s}"),
+                2.0 * (s * s * s) as f64,
+                move || a.matmul(&b).map(drop),
+            ),
+            5,
+        ));
+    }
+    // The pieces of one ViT-B/16 layer at batch 256 (50432 tokens), to see where a forward's
+    // time goes.
+    {
+        let rows = 256 * 197;
+        let x = bf16(&[rows, 768], 20)?;
+        let w_qkv = bf16(&[2304, 768], 21)?;
+        let b_qkv = bf16(&[2304], 22)?;
+        w.push((
+            workload(
+                format!("linear bf16 {rows}x768 -> 2304"),
+                2.0 * (rows * 768 * 2304) as f64,
+                move || x.linear(&w_qkv, Some(&b_qkv)).map(drop),
+            ),
+            10,
+        ));
+        let x = bf16(&[rows, 768], 23)?;
+        let (g, b) = (bf16(&[768], 24)?, bf16(&[768], 25)?);
+        w.push((
+            workload(format!("layer_norm bf16 {rows}x768"), 0.0, move || {
+                x.layer_norm(Some(&g), Some(&b), 1e-12).map(drop)
+            }),
+            20,
+        ));
+        let h = bf16(&[rows, 3072], 26)?;
+        w.push((
+            workload(format!("gelu bf16 {rows}x3072"), 0.0, move || {
+                h.gelu_erf().map(drop)
+            }),
+            20,
+        ));
+        let (r1, r2) = (bf16(&[rows, 768], 27)?, bf16(&[rows, 768], 28)?);
+        w.push((
+            workload(format!("add bf16 {rows}x768"), 0.0, move || {
+                r1.add(&r2).map(drop)
+            }),
+            20,
+        ));
+        // q, k, v as the model makes them: (B, N, H, D) projections seen as (B, H, N, D).
+        let qkv = bf16(&[256, 197, 3, 12, 64], 29)?;
+        let view = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i, 1)?.squeeze(2)?.permute(&[0, 2, 1, 3])
+        };
+        let (q, k, v) = (view(0)?, view(1)?, view(2)?);
+        let opts = AttentionOptions::default();
+        w.push((
+            workload(
+                "attention fwd bf16 B256 H12 N197 D64 (strided q/k/v)".to_string(),
+                4.0 * (256usize * 12 * 197 * 197 * 64) as f64,
+                move || Tensor::attention(&q, &k, &v, &opts).map(drop),
+            ),
+            10,
+        ));
+    }
+    {
+        let batch = 256;
+        let cfg = glimpse_vit::ViTConfig::vit_base_patch16_224(1000);
+        let vb = glimpse_vit::random_weights(&cfg, true, DType::BF16, device)?;
+        let model = glimpse_vit::ViTForImageClassification::new(&cfg, vb)?;
+        let pixels = bf16(&[batch, 3, 224, 224], 14)?;
+        w.push((
+            workload(
+                format!("ViT-B/16 bf16 batch {batch}"),
+                VIT_B16_FLOPS * batch as f64,
+                move || model.forward(&pixels).map(drop),
+            ),
+            3,
+        ));
+    }
+    Ok(w)
+}

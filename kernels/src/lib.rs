@@ -5,8 +5,7 @@
 //! that compile-check every kernel) read them from one place. Each kernel file opens with what
 //! it computes, its shapes, its launch shape and its algorithm.
 //!
-//! The inventory starts empty: the CUDA and wgpu backends add their kernels here, one
-//! [`KernelSource`] per file, and the compile checks iterate over [`CUDA`] and [`WGSL`].
+//! One [`KernelSource`] per file; the compile checks iterate over [`CUDA`] and [`WGSL`].
 
 /// The language a kernel is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,8 +25,31 @@ pub struct KernelSource {
     pub source: &'static str,
 }
 
+/// Declarations shared by every CUDA source (dtype loads and stores, index helpers); the CUDA
+/// backend puts it in front of each source before compiling it.
+pub const CUDA_COMMON: &str = include_str!("../cuda/common.cuh");
+
+macro_rules! cuda {
+    ($name:literal) => {
+        KernelSource {
+            name: $name,
+            language: Language::Cuda,
+            source: include_str!(concat!("../cuda/", $name)),
+        }
+    };
+}
+
 /// Every CUDA source, compiled by NVRTC at first use.
-pub const CUDA: &[KernelSource] = &[];
+pub const CUDA: &[KernelSource] = &[
+    cuda!("elementwise.cu"),
+    cuda!("reduce.cu"),
+    cuda!("indexing.cu"),
+    cuda!("random.cu"),
+    cuda!("norm.cu"),
+    cuda!("attention.cu"),
+    cuda!("patch_embed.cu"),
+    cuda!("contrastive.cu"),
+];
 
 /// Every WGSL source.
 pub const WGSL: &[KernelSource] = &[];

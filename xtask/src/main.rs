@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! * `ci` runs locally what CI runs: format check, clippy with warnings as errors, the tests.
+//! * `ci` runs locally what CI runs: format check, clippy with warnings as errors, the tests,
+//!   the NVRTC compile check of the CUDA kernels.
 //! * `bench-compare cpu|models [FILTER]` times a suite of workloads in glimpse and then in
 //!   PyTorch on the same machine, and prints one table with the ratios: `cpu` is the kernels
 //!   and ops, `models` whole ViT-B/16 and CLIP ViT-B/32 forwards (transformers on PyTorch's
@@ -12,6 +13,13 @@
 //!   `$GLIMPSE_FIXTURES_PYTHON` when set, otherwise from a venv this command creates in
 //!   `target/fixtures-venv` (`pip install -r tests/fixtures/generate/requirements.txt`, the
 //!   pinned versions).
+//! * `kernel-check` compiles every CUDA source with NVRTC for sm_80 and sm_90, on a machine
+//!   without a GPU: NVRTC comes from the PyPI package `nvidia-cuda-nvrtc` in a venv
+//!   (`target/nvrtc-venv`, or the Python in `$GLIMPSE_NVRTC_PYTHON`). Any compile error fails.
+//! * `gpu-bundle [DIR]` builds, here, the CUDA test binaries and the benchmark binary in
+//!   release into one folder (default `target/gpu-bundle`) with a `run.sh` that, on a GPU
+//!   machine without a Rust toolchain, runs every CUDA test, then the benchmarks, then the same
+//!   work in PyTorch, and prints one table of glimpse vs PyTorch.
 //! * `parity [--full] [--keep] [FILTER]` runs the model parity tests (`tests/tests/parity.rs`)
 //!   in release. With `--full` it first builds the full-size models with random weights in
 //!   `target/parity-full/models` (`models.py --full`, same Python as `fixtures`) and runs the
@@ -27,6 +35,8 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("fixtures") => fixtures(),
         Some("parity") => parity(&args[1..]),
+        Some("kernel-check") => kernel_check(),
+        Some("gpu-bundle") => gpu_bundle(args.get(1).map(String::as_str)),
         Some("bench-compare") => match args.get(1).map(String::as_str) {
             Some(suite @ ("cpu" | "models")) => {
                 bench_compare(suite, args.get(2).map(String::as_str))
@@ -53,7 +63,9 @@ fn usage() -> String {
      glimpse vs PyTorch on the CPU kernels or whole models, side by side\n  \
      fixtures                    regenerate tests/fixtures/{models,processing} (pinned transformers)\n  \
      parity [--full] [--keep] [FILTER]\n                              \
-     ViT/CLIP parity tests; --full builds the full-size models first"
+     ViT/CLIP parity tests; --full builds the full-size models first\n  \
+     kernel-check                compile every CUDA kernel with NVRTC for sm_80 and sm_90 (no GPU)\n  \
+     gpu-bundle [DIR]            test and bench binaries + run.sh for a GPU machine without Rust"
         .to_string()
 }
 
@@ -105,7 +117,8 @@ fn ci() -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace"]))
+    run(cargo().args(["test", "--workspace"]))?;
+    kernel_check()
 }
 
 /// A Python interpreter with torch: `$GLIMPSE_TORCH_PYTHON`, or a venv made on first use.
@@ -160,6 +173,178 @@ fn venv_python(env_var: &str, dir: &str, install: &[&str]) -> Result<PathBuf, St
     }
     Ok(python)
 }
+
+/// The NVRTC of CUDA 13.0 (the API level glimpse-cuda is built for) from PyPI.
+const NVRTC_PACKAGE: &str = "nvidia-cuda-nvrtc==13.0.88";
+
+/// `cargo xtask kernel-check`: every CUDA source through NVRTC for sm_80 and sm_90.
+fn kernel_check() -> Result<(), String> {
+    let python = venv_python(
+        "GLIMPSE_NVRTC_PYTHON",
+        "target/nvrtc-venv",
+        &[NVRTC_PACKAGE],
+    )?;
+    let lib_dir = output(Command::new(&python).args([
+        "-c",
+        "import glob, os, nvidia; \
+         hits = [p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, '**', 'libnvrtc.so*'), recursive=True)]; \
+         print(os.path.dirname(sorted(hits)[0]) if hits else '')",
+    ]))?;
+    let lib_dir = lib_dir.trim();
+    if lib_dir.is_empty() {
+        return Err(format!(
+            "no libnvrtc.so in {NVRTC_PACKAGE} ({})",
+            python.display()
+        ));
+    }
+    let ld = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(old) if !old.is_empty() => format!("{lib_dir}:{old}"),
+        _ => lib_dir.to_string(),
+    };
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "glimpse-cuda",
+            "nvrtc_compiles_every_kernel",
+            "--",
+            "--nocapture",
+        ])
+        .env("LD_LIBRARY_PATH", ld)
+        .env("GLIMPSE_REQUIRE_NVRTC", "1"))
+}
+
+/// Executables of the test targets `cargo test --no-run --message-format=json` built.
+fn test_executables(json: &str) -> Vec<PathBuf> {
+    json.lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"test\":true"))
+        .filter_map(|l| field(l, "executable"))
+        .filter(|e| *e != "null")
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// `cargo xtask gpu-bundle [DIR]`: everything a GPU machine without Rust needs.
+fn gpu_bundle(dir: Option<&str>) -> Result<(), String> {
+    let out = root().join(dir.unwrap_or("target/gpu-bundle"));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(out.join("tests"))
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let json = output(cargo().args([
+        "test",
+        "--release",
+        "-p",
+        "glimpse-cuda",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    let tests = test_executables(&json);
+    if tests.is_empty() {
+        return Err("cargo built no glimpse-cuda test binaries".into());
+    }
+    let copy = |from: &Path, to: PathBuf| {
+        std::fs::copy(from, &to)
+            .map(drop)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
+    };
+    for t in &tests {
+        let name = t.file_name().and_then(|n| n.to_str()).unwrap_or("test");
+        // Strip cargo's hash: `fused-0123abcd` -> `fused`.
+        let short = name.rsplit_once('-').map_or(name, |(a, _)| a);
+        copy(t, out.join("tests").join(short))?;
+    }
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "glimpse-benches",
+        "--features",
+        "cuda",
+        "--bin",
+        "bench-compare",
+    ]))?;
+    copy(
+        &root().join("target/release/bench-compare"),
+        out.join("bench-compare"),
+    )?;
+    copy(
+        &root().join("benches/compare_torch.py"),
+        out.join("compare_torch.py"),
+    )?;
+    let run_sh = out.join("run.sh");
+    std::fs::write(&run_sh, GPU_RUN_SH)
+        .map_err(|e| format!("cannot write {}: {e}", run_sh.display()))?;
+    run(Command::new("chmod").arg("+x").arg(&run_sh))?;
+    // The release profile keeps debug info (for perf); the bundle does not need it.
+    for binary in walk(&out)
+        .into_iter()
+        .filter(|p| !p.extension().is_some_and(|e| e == "py" || e == "sh"))
+    {
+        run(Command::new("strip").arg("--strip-debug").arg(&binary))?;
+    }
+    let mut bytes = 0u64;
+    for entry in walk(&out) {
+        bytes += std::fs::metadata(&entry).map(|m| m.len()).unwrap_or(0);
+    }
+    eprintln!(
+        "xtask: gpu bundle in {} ({:.1} MB, {} test binaries); on the GPU machine run ./run.sh",
+        out.display(),
+        bytes as f64 / 1e6,
+        tests.len()
+    );
+    if bytes > 60_000_000 {
+        return Err(format!(
+            "the bundle is {bytes} bytes, over the 60 MB budget"
+        ));
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files.extend(walk(&p));
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
+/// The bundle's entry point on the GPU machine.
+const GPU_RUN_SH: &str = r#"#!/usr/bin/env bash
+# glimpse GPU bundle: CUDA tests, then benchmarks, then the same work in PyTorch, one table.
+# Made by `cargo xtask gpu-bundle`; needs the NVIDIA driver, libnvrtc and libcublas (CUDA 13),
+# and python3 with torch for the comparison. OUT (if set) receives the logs.
+set -u
+cd "$(dirname "$0")"
+LOGS="${OUT:-.}"
+# The CUDA libraries: the toolkit's, then those of the pip packages PyTorch brings.
+extra=$(python3 -c "import glob, os, nvidia; print(':'.join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(os.path.join(d, '**', 'lib*.so*'), recursive=True)})))" 2>/dev/null)
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${extra}:${LD_LIBRARY_PATH:-}"
+export GLIMPSE_REQUIRE_CUDA=1 GLIMPSE_CUDA_POISON=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+status=0
+for t in tests/*; do
+    echo "== $t"
+    log="/tmp/glimpse-$(basename "$t").log"
+    if ! timeout "${GLIMPSE_TEST_TIMEOUT:-150}" "$t" --test-threads=1 > "$log" 2>&1; then status=1; fi
+    grep -q "test result: ok" "$log" || status=1
+    grep -E "^test |test result|panicked|error" "$log" | grep -v " ... ok$" | tail -n 30
+    { echo "== $t"; cat "$log"; } >> "$LOGS/tests.log"
+done
+echo "== tests: $([ $status = 0 ] && echo passed || echo FAILED)"
+unset GLIMPSE_CUDA_POISON
+echo "== benchmarks"
+timeout "${GLIMPSE_BENCH_TIMEOUT:-120}" ./bench-compare cuda ${1:-} | tee "$LOGS/glimpse.jsonl"
+timeout "${GLIMPSE_BENCH_TIMEOUT:-120}" python3 compare_torch.py cuda ${1:-} | tee "$LOGS/torch.jsonl"
+python3 compare_torch.py table "$LOGS/glimpse.jsonl" "$LOGS/torch.jsonl" | tee "$LOGS/table.md"
+exit $status
+"#;
 
 /// `cargo xtask fixtures`: regenerates the committed fixtures with the pinned versions.
 fn fixtures() -> Result<(), String> {

@@ -82,7 +82,7 @@ Examples:
 pub enum DeviceArg {
     /// The CPU backend (always built in).
     Cpu,
-    /// NVIDIA GPUs (not built into this binary yet).
+    /// The first NVIDIA GPU (with the cargo feature `cuda`).
     Cuda,
     /// GPUs through wgpu (not built into this binary yet).
     Wgpu,

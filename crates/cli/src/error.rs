@@ -13,14 +13,22 @@ pub enum CliError {
     /// A device whose backend is not compiled into this binary (exit code 2: the command
     /// line asks for something this build cannot do).
     #[error(
-        "the {name} backend is not built into this binary, which has the CPU backend only. \
-         GPU backends are enabled at build time with the cargo feature `{name}` \
-         (`cargo install glimpse --features {name}`, once the glimpse-{name} crate is part of \
-         the workspace); until then run with `--device cpu`"
+        "the {name} backend is not built into this binary. GPU backends are enabled at build \
+         time with the cargo feature `{name}` (`cargo install --path crates/cli --features \
+         {name}`, where the backend exists); until then run with `--device cpu`"
     )]
     DeviceNotBuilt {
         /// `cuda` or `wgpu`.
         name: &'static str,
+    },
+    /// A backend that is built in but cannot open a device (no driver, no GPU).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[error("cannot use the {name} device: {msg}")]
+    DeviceUnavailable {
+        /// `cuda`.
+        name: &'static str,
+        /// Why, as the backend says it.
+        msg: String,
     },
     /// An input file (image, labels file) that is missing, unreadable or malformed.
     #[error("{what} {path}: {msg}")]

@@ -8,11 +8,17 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::DeviceArg;
 use crate::error::{CliError, Result};
 
-/// The device for `--device`. Only the CPU backend is built in today; the GPU ones are
-/// reported as such, before anything is read.
+/// The device for `--device`. The CPU backend is always built in; CUDA with the cargo
+/// feature `cuda` (first GPU); a backend not built in is reported before anything is read.
 pub fn device(arg: DeviceArg) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(glimpse_cpu::device()),
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda => glimpse_cuda::device(0).map_err(|e| CliError::DeviceUnavailable {
+            name: "cuda",
+            msg: e.to_string(),
+        }),
+        #[cfg(not(feature = "cuda"))]
         DeviceArg::Cuda => Err(CliError::DeviceNotBuilt { name: "cuda" }),
         DeviceArg::Wgpu => Err(CliError::DeviceNotBuilt { name: "wgpu" }),
     }

@@ -228,7 +228,19 @@ impl Tensor {
         if dtype == DType::U32 && values.iter().any(|&v| v < 0.0 || v > u32::MAX as f64) {
             return Err(Error::invalid("arange", "values out of range for u32"));
         }
-        Tensor::from_vec(values, n, device)?.to_dtype(dtype)
+        // Converted on the host, so that a backend without f64 (a GPU) can still take it.
+        fn build<T: WithDType>(values: &[f64], device: &Device) -> Result<Tensor> {
+            let v: Vec<T> = values.iter().map(|&x| T::from_f64(x)).collect();
+            let n = v.len();
+            Tensor::from_vec(v, n, device)
+        }
+        match dtype {
+            DType::F16 => build::<half::f16>(&values, device),
+            DType::BF16 => build::<half::bf16>(&values, device),
+            DType::F32 => build::<f32>(&values, device),
+            DType::F64 => build::<f64>(&values, device),
+            DType::U32 => build::<u32>(&values, device),
+        }
     }
 
     /// `start, start + 1, ...` up to but excluding `end`.

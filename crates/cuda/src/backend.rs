@@ -1,0 +1,605 @@
+//! [`CudaBackend`]: one CUDA device, its stream, its compiled kernels and its cuBLAS handle.
+//!
+//! # Internal API for fused kernels (`fused.rs`)
+//!
+//! Everything runs on one stream per device, so work is ordered without events.
+//!
+//! * `be.function(source, name) -> Result<CudaFunction>`: the kernel `name` (an
+//!   `extern "C" __global__` function) of `source`, a file name listed in
+//!   `glimpse_kernels::CUDA` (e.g. `"attention.cu"`). The source is compiled with
+//!   `common.cuh` in front, by NVRTC for this device's `sm_XY`, at first use, and cached per
+//!   source; a compile error is `Error::KernelCompile` with NVRTC's log.
+//! * `be.stream() -> &Arc<CudaStream>`: launch with
+//!   `be.stream().launch_builder(&f).arg(..)...`, then `unsafe { b.launch(cfg) }`, and hand
+//!   the launch's result to `be.check_launch("kernel name", result)`, which maps the error and,
+//!   when launches are synchronised (`GLIMPSE_CUDA_SYNC=1`, or poisoning on), waits for the
+//!   kernel and reports its asynchronous errors at the op that caused them.
+//! * `be.alloc::<T>(len)`: an uninitialised buffer (filled with 0xFF bytes, NaN for floats,
+//!   when poisoning is on; at least one element, since CUDA cannot allocate zero bytes);
+//!   `be.alloc_zeros::<T>(len)`; `be.alloc_data(dtype, len)` for a typed
+//!   [`CudaData`](crate::storage::CudaData); `be.alloc_storage(dtype, len)` for a whole
+//!   [`CudaStorage`]; `be.fill(&mut data, len, bits)` writes a 16/32-bit pattern.
+//! * [`grid_for`]`(n)`: the 1-D launch shape of grid-stride kernels over `n` elements.
+//! * [`KLayout`](crate::klayout::KLayout): a strided view passed by value (`GlLayout` in
+//!   `common.cuh`); `KLayout::of(layout)` merges contiguous dimensions (rank <= 8 after
+//!   merging, else an error). `crate::ops::suffix(dtype)` is the kernel-name suffix
+//!   (`f16`, `bf16`, `f32`, `u32`).
+//! * Storages: [`storage_of`](crate::storage::storage_of)`(&tensor)` downcasts a tensor's
+//!   storage; `CudaStorage::{as_f32, as_f16, as_bf16, as_u32}` give the typed `CudaSlice`
+//!   (index it from the layout's offset); `CudaStorage::new(CudaData::F32(slice), len)` wraps
+//!   a result and `storage.into_tensor(shape, &like)` makes the contiguous output tensor.
+//! * `be.copy_contiguous(storage, layout)`: a contiguous copy of any view, for kernels that
+//!   want contiguous inputs (`tensor.contiguous()` does the same at the tensor level).
+//!
+//! The fused ops of [`Backend`] keep their default compositions unless `fused.rs` provides a
+//! kernel; the impl below names each one it routes there (all but `linear`, which is a cuBLAS
+//! product plus a bias add either way).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
+    LaunchConfig, ValidAsZeroBits,
+};
+use glimpse_tensor::{
+    AttentionGrads, AttentionOptions, AttentionOutput, Backend, BackendStorage, BinaryOp,
+    ContrastiveGrads, ContrastiveOutput, DType, DeviceLocation, Error, GeluKind, HostSlice,
+    HostVec, Layout, PatchEmbedOptions, ReduceOp, Result, SharedBytes, Storage, Tensor, UnaryOp,
+};
+use half::{bf16, f16};
+
+use crate::fused;
+use crate::nvrtc::{self, Library, guard, library_present};
+use crate::storage::{CudaData, CudaStorage, cuda_storage};
+
+/// Threads per block of the grid-stride kernels.
+pub const BLOCK: u32 = 256;
+
+/// The launch shape of a grid-stride kernel over `n` elements: 256-thread blocks, enough of
+/// them to cover `n` once, capped (the kernels loop over the rest).
+pub fn grid_for(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 1 << 18) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A driver error as a backend error.
+pub(crate) fn drv(what: &str, e: DriverError) -> Error {
+    Error::backend("cuda", format!("{what}: {e:?}"))
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// One CUDA device. Create it through [`crate::device`] (one per ordinal per process).
+pub struct CudaBackend {
+    ordinal: usize,
+    name: String,
+    /// Compute capability as `10 * major + minor` (90 for an H100).
+    arch: u32,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
+    blas: OnceLock<std::result::Result<Mutex<CudaBlas>, String>>,
+    poison: AtomicBool,
+    sync_launches: AtomicBool,
+    allow_tf32: AtomicBool,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaBackend(cuda:{}, {}, sm_{})",
+            self.ordinal, self.name, self.arch
+        )
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`. Fails cleanly (never panics) when there is no driver or no
+    /// such device.
+    pub(crate) fn create(ordinal: usize) -> Result<CudaBackend> {
+        library_present(Library::Driver).map_err(|e| Error::backend("cuda", e))?;
+        let opened = guard("the CUDA driver", || -> Result<_> {
+            let count = CudaContext::device_count().map_err(|e| drv("cuInit", e))?;
+            if ordinal >= count.max(0) as usize {
+                return Err(Error::backend(
+                    "cuda",
+                    format!("no CUDA device {ordinal} ({count} device(s) found)"),
+                ));
+            }
+            let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating the context", e))?;
+            let (major, minor) = ctx
+                .compute_capability()
+                .map_err(|e| drv("reading the compute capability", e))?;
+            let name = ctx.name().map_err(|e| drv("reading the device name", e))?;
+            let stream = ctx.default_stream();
+            Ok((ctx, stream, name, (10 * major + minor) as u32))
+        })
+        .map_err(|e| Error::backend("cuda", e))??;
+        let (ctx, stream, name, arch) = opened;
+        Ok(CudaBackend {
+            ordinal,
+            name,
+            arch,
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            blas: OnceLock::new(),
+            poison: AtomicBool::new(env_flag("GLIMPSE_CUDA_POISON")),
+            sync_launches: AtomicBool::new(env_flag("GLIMPSE_CUDA_SYNC")),
+            allow_tf32: AtomicBool::new(env_flag("GLIMPSE_CUDA_ALLOW_TF32")),
+        })
+    }
+
+    /// The device's name as the driver reports it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The compute capability as `10 * major + minor` (kernels are compiled for `sm_<arch>`).
+    pub fn arch(&self) -> u32 {
+        self.arch
+    }
+
+    /// When on, every fresh allocation is filled with 0xFF bytes (NaN in every float dtype,
+    /// `u32::MAX` in u32), so an output element a kernel forgets to write shows up, and every
+    /// launch is synchronised. Starts as `GLIMPSE_CUDA_POISON=1`.
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether fresh allocations are poisoned.
+    pub fn poison(&self) -> bool {
+        self.poison.load(Ordering::Relaxed)
+    }
+
+    /// When on, the host waits for every kernel and reports its errors at the op that
+    /// launched it (slower; for debugging). Starts as `GLIMPSE_CUDA_SYNC=1`.
+    pub fn set_sync_launches(&self, on: bool) {
+        self.sync_launches.store(on, Ordering::Relaxed);
+    }
+
+    /// Lets f32 matrix products use TF32 tensor cores (about 1e-3 relative error instead of
+    /// f32's 1e-6). Off unless `GLIMPSE_CUDA_ALLOW_TF32=1`.
+    pub fn set_allow_tf32(&self, on: bool) {
+        self.allow_tf32.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether f32 matrix products may use TF32.
+    pub fn allow_tf32(&self) -> bool {
+        self.allow_tf32.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every queued operation has finished, reporting asynchronous errors.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| drv("synchronize", e))
+    }
+
+    /// The stream every operation of this device runs on.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The kernel `name` of the source file `source` (listed in `glimpse_kernels::CUDA`),
+    /// compiled for this device at first use.
+    pub(crate) fn function(&self, source: &str, name: &str) -> Result<CudaFunction> {
+        let src = glimpse_kernels::CUDA
+            .iter()
+            .find(|k| k.name == source)
+            .ok_or_else(|| {
+                Error::backend("cuda", format!("no CUDA kernel source named {source}"))
+            })?;
+        let key = (src.name, name.to_string());
+        if let Some(f) = lock(&self.functions).get(&key) {
+            return Ok(f.clone());
+        }
+        let module = self.module(src)?;
+        let f = module.load_function(name).map_err(|e| {
+            Error::backend(
+                "cuda",
+                format!("kernel {name} not found in {source} (check its extern \"C\" name): {e:?}"),
+            )
+        })?;
+        lock(&self.functions).insert(key, f.clone());
+        Ok(f)
+    }
+
+    fn module(&self, src: &'static glimpse_kernels::KernelSource) -> Result<Arc<CudaModule>> {
+        let mut modules = lock(&self.modules);
+        if let Some(m) = modules.get(src.name) {
+            return Ok(m.clone());
+        }
+        let ptx = nvrtc::compile(src, self.arch)?;
+        let module = self.ctx.load_module(ptx).map_err(|e| {
+            Error::backend(
+                "cuda",
+                format!(
+                    "loading the PTX of {} failed: {e:?} (a libnvrtc newer than the driver \
+                     writes PTX the driver cannot read: use the toolkit matching the driver)",
+                    src.name
+                ),
+            )
+        })?;
+        modules.insert(src.name, module.clone());
+        Ok(module)
+    }
+
+    /// Maps a launch's result to glimpse's error type; when launches are synchronised, waits
+    /// for the kernel so that its asynchronous errors are reported here.
+    pub(crate) fn check_launch(
+        &self,
+        kernel: &str,
+        launched: std::result::Result<(), DriverError>,
+    ) -> Result<()> {
+        launched.map_err(|e| drv(&format!("launching {kernel}"), e))?;
+        if self.sync_launches.load(Ordering::Relaxed) || self.poison() {
+            self.stream
+                .synchronize()
+                .map_err(|e| drv(&format!("running {kernel}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// An uninitialised buffer of `len` elements (at least one is allocated), poisoned with
+    /// 0xFF bytes when poisoning is on.
+    pub(crate) fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        let n = len.max(1);
+        // SAFETY: the memory is uninitialised; every caller writes the elements it reads back
+        // (poisoning makes a forgotten element visible), and all element types are plain
+        // numbers for which any bit pattern is valid.
+        let mut slice = unsafe { self.stream.alloc::<T>(n) }
+            .map_err(|e| drv(&format!("allocating {n} elements"), e))?;
+        if self.poison() {
+            let bytes = n * std::mem::size_of::<T>();
+            let (ptr, _record) =
+                cudarc::driver::DevicePtrMut::device_ptr_mut(&mut slice, &self.stream);
+            // SAFETY: `ptr` is the start of the `bytes`-byte allocation just made on this
+            // stream; memset writes only inside it, in stream order.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(ptr, 0xff, bytes, self.stream.cu_stream())
+            }
+            .map_err(|e| drv("poisoning an allocation", e))?;
+        }
+        Ok(slice)
+    }
+
+    /// A zero-filled buffer of `len` elements (at least one).
+    pub(crate) fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| drv("allocating zeros", e))
+    }
+
+    /// An uninitialised typed buffer of `len` elements of `dtype`.
+    pub(crate) fn alloc_data(&self, dtype: DType, len: usize) -> Result<CudaData> {
+        Ok(match dtype {
+            DType::F16 => CudaData::F16(self.alloc::<f16>(len)?),
+            DType::BF16 => CudaData::BF16(self.alloc::<bf16>(len)?),
+            DType::F32 => CudaData::F32(self.alloc::<f32>(len)?),
+            DType::U32 => CudaData::U32(self.alloc::<u32>(len)?),
+            DType::F64 => return Err(unsupported("alloc", dtype)),
+        })
+    }
+
+    /// A storage of `len` elements of `dtype` whose contents are unspecified (0xFF bytes when
+    /// poisoning is on). Kernels that write every element use it for their outputs.
+    pub fn alloc_storage(&self, dtype: DType, len: usize) -> Result<CudaStorage> {
+        Ok(CudaStorage::new(self.alloc_data(dtype, len)?, len))
+    }
+
+    /// The cuBLAS handle, created at first use on this device's stream.
+    pub(crate) fn blas(&self) -> Result<MutexGuard<'_, CudaBlas>> {
+        // cuBLAS works in the thread's current context: make it this device's.
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| drv("binding the context", e))?;
+        let cell = self.blas.get_or_init(|| {
+            library_present(Library::Cublas)?;
+            let stream = self.stream.clone();
+            guard("cuBLAS", move || CudaBlas::new(stream))?
+                .map(Mutex::new)
+                .map_err(|e| format!("creating the cuBLAS handle: {e:?}"))
+        });
+        match cell {
+            Ok(m) => Ok(lock(m)),
+            Err(e) => Err(Error::backend("cuda", e.clone())),
+        }
+    }
+}
+
+/// The error for a dtype this backend cannot hold (f64).
+pub(crate) fn unsupported(op: &'static str, dtype: DType) -> Error {
+    Error::UnsupportedDType {
+        op,
+        dtype,
+        backend: Some("cuda".into()),
+    }
+}
+
+fn wrap(s: CudaStorage) -> Storage {
+    Arc::new(s)
+}
+
+impl Backend for CudaBackend {
+    fn location(&self) -> DeviceLocation {
+        DeviceLocation {
+            backend: "cuda",
+            ordinal: self.ordinal,
+        }
+    }
+
+    fn supports_dtype(&self, dtype: DType) -> bool {
+        !matches!(dtype, DType::F64)
+    }
+
+    fn full(&self, dtype: DType, len: usize, value: f64) -> Result<Storage> {
+        Ok(wrap(self.op_full(dtype, len, value)?))
+    }
+
+    fn upload(&self, data: HostSlice<'_>) -> Result<Storage> {
+        Ok(wrap(self.op_upload(data)?))
+    }
+
+    fn upload_bytes(&self, dtype: DType, bytes: SharedBytes) -> Result<Storage> {
+        Ok(wrap(self.op_upload_bytes(dtype, bytes.bytes())?))
+    }
+
+    fn download(&self, src: &dyn BackendStorage, layout: &Layout) -> Result<HostVec> {
+        self.op_download(cuda_storage(src)?, layout)
+    }
+
+    fn rand_uniform(
+        &self,
+        dtype: DType,
+        len: usize,
+        low: f64,
+        high: f64,
+        seed: u64,
+    ) -> Result<Storage> {
+        Ok(wrap(self.op_random(false, dtype, len, low, high, seed)?))
+    }
+
+    fn rand_normal(
+        &self,
+        dtype: DType,
+        len: usize,
+        mean: f64,
+        std: f64,
+        seed: u64,
+    ) -> Result<Storage> {
+        Ok(wrap(self.op_random(true, dtype, len, mean, std, seed)?))
+    }
+
+    fn copy_strided(&self, src: &dyn BackendStorage, layout: &Layout) -> Result<Storage> {
+        Ok(wrap(self.copy_contiguous(cuda_storage(src)?, layout)?))
+    }
+
+    fn concat(&self, parts: &[(&dyn BackendStorage, &Layout)], dim: usize) -> Result<Storage> {
+        let parts = parts
+            .iter()
+            .map(|(s, l)| Ok((cuda_storage(*s)?, *l)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(wrap(self.op_concat(&parts, dim)?))
+    }
+
+    fn cast(&self, src: &dyn BackendStorage, layout: &Layout, dtype: DType) -> Result<Storage> {
+        Ok(wrap(self.op_cast(cuda_storage(src)?, layout, dtype)?))
+    }
+
+    fn unary(&self, op: UnaryOp, src: &dyn BackendStorage, layout: &Layout) -> Result<Storage> {
+        Ok(wrap(self.op_unary(op, cuda_storage(src)?, layout)?))
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        lhs: &dyn BackendStorage,
+        lhs_layout: &Layout,
+        rhs: &dyn BackendStorage,
+        rhs_layout: &Layout,
+    ) -> Result<Storage> {
+        Ok(wrap(self.op_binary(
+            op,
+            cuda_storage(lhs)?,
+            lhs_layout,
+            cuda_storage(rhs)?,
+            rhs_layout,
+        )?))
+    }
+
+    fn where_cond(
+        &self,
+        cond: &dyn BackendStorage,
+        cond_layout: &Layout,
+        on_true: &dyn BackendStorage,
+        true_layout: &Layout,
+        on_false: &dyn BackendStorage,
+        false_layout: &Layout,
+    ) -> Result<Storage> {
+        Ok(wrap(self.op_where(
+            cuda_storage(cond)?,
+            cond_layout,
+            cuda_storage(on_true)?,
+            true_layout,
+            cuda_storage(on_false)?,
+            false_layout,
+        )?))
+    }
+
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        src: &dyn BackendStorage,
+        layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        Ok(wrap(self.op_reduce(op, cuda_storage(src)?, layout, dim)?))
+    }
+
+    fn matmul(
+        &self,
+        lhs: &dyn BackendStorage,
+        lhs_layout: &Layout,
+        rhs: &dyn BackendStorage,
+        rhs_layout: &Layout,
+    ) -> Result<Storage> {
+        Ok(wrap(crate::matmul::matmul(
+            self,
+            cuda_storage(lhs)?,
+            lhs_layout,
+            cuda_storage(rhs)?,
+            rhs_layout,
+        )?))
+    }
+
+    fn index_select(
+        &self,
+        src: &dyn BackendStorage,
+        src_layout: &Layout,
+        ids: &dyn BackendStorage,
+        ids_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        Ok(wrap(self.op_index_select(
+            cuda_storage(src)?,
+            src_layout,
+            cuda_storage(ids)?,
+            ids_layout,
+            dim,
+        )?))
+    }
+
+    fn gather(
+        &self,
+        src: &dyn BackendStorage,
+        src_layout: &Layout,
+        ids: &dyn BackendStorage,
+        ids_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        Ok(wrap(self.op_gather(
+            cuda_storage(src)?,
+            src_layout,
+            cuda_storage(ids)?,
+            ids_layout,
+            dim,
+        )?))
+    }
+
+    fn scatter_add(
+        &self,
+        dst: &dyn BackendStorage,
+        dst_layout: &Layout,
+        ids: &dyn BackendStorage,
+        ids_layout: &Layout,
+        src: &dyn BackendStorage,
+        src_layout: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        Ok(wrap(self.op_scatter_add(
+            cuda_storage(dst)?,
+            dst_layout,
+            cuda_storage(ids)?,
+            ids_layout,
+            cuda_storage(src)?,
+            src_layout,
+            dim,
+        )?))
+    }
+
+    // ----- fused ops: the kernels of crate::fused (which fall back to the default
+    // compositions for the cases they do not cover); `linear` keeps its default composition
+    // (a cuBLAS product plus a bias add).
+
+    fn softmax_last_dim(&self, x: &Tensor) -> Result<Tensor> {
+        fused::softmax_last_dim(self, x)
+    }
+
+    fn log_softmax_last_dim(&self, x: &Tensor) -> Result<Tensor> {
+        fused::log_softmax_last_dim(self, x)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        fused::layer_norm(self, x, weight, bias, eps)
+    }
+
+    fn gelu(&self, x: &Tensor, kind: GeluKind) -> Result<Tensor> {
+        fused::gelu(self, x, kind)
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<AttentionOutput> {
+        fused::attention(self, q, k, v, opts)
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &AttentionOutput,
+        d_out: &Tensor,
+        opts: &AttentionOptions,
+    ) -> Result<AttentionGrads> {
+        fused::attention_backward(self, q, k, v, out, d_out, opts)
+    }
+
+    fn patch_embed(
+        &self,
+        images: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: &PatchEmbedOptions,
+    ) -> Result<Tensor> {
+        fused::patch_embed(self, images, weight, bias, opts)
+    }
+
+    fn contrastive_loss(
+        &self,
+        image: &Tensor,
+        text: &Tensor,
+        scale: &Tensor,
+    ) -> Result<ContrastiveOutput> {
+        fused::contrastive_loss(self, image, text, scale)
+    }
+
+    fn contrastive_loss_backward(
+        &self,
+        image: &Tensor,
+        text: &Tensor,
+        scale: &Tensor,
+        saved: &ContrastiveOutput,
+        d_loss: &Tensor,
+    ) -> Result<ContrastiveGrads> {
+        fused::contrastive_loss_backward(self, image, text, scale, saved, d_loss)
+    }
+}
