@@ -526,8 +526,34 @@ impl Backend for CudaBackend {
     }
 
     // ----- fused ops: the kernels of crate::fused (which fall back to the default
-    // compositions for the cases they do not cover); `linear` keeps its default composition
-    // (a cuBLAS product plus a bias add).
+    // compositions for the cases they do not cover).
+
+    /// `x @ W^T + b` as one cuBLAS product accumulating (beta = 1) onto the bias rows, instead
+    /// of a product and then a broadcast add over the whole output.
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let Some(b) = bias else {
+            return glimpse_tensor::compose::linear(x, weight, None);
+        };
+        if !matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+            return glimpse_tensor::compose::linear(x, weight, bias);
+        }
+        let (m, n) = (x.dims()[0], weight.dims()[0]);
+        // c is (M, N): the bias broadcast over the rows, made contiguous.
+        let rows = b
+            .layout()
+            .broadcast_as(&glimpse_tensor::Shape::from([m, n]))?;
+        let c = self.copy_contiguous(cuda_storage(&**b.storage())?, &rows)?;
+        let wt = weight.t()?;
+        let out = crate::matmul::matmul_into(
+            self,
+            cuda_storage(&**x.storage())?,
+            x.layout(),
+            cuda_storage(&**wt.storage())?,
+            wt.layout(),
+            Some(c),
+        )?;
+        out.into_tensor([m, n], x)
+    }
 
     fn softmax_last_dim(&self, x: &Tensor) -> Result<Tensor> {
         fused::softmax_last_dim(self, x)

@@ -76,6 +76,20 @@ pub(crate) fn matmul(
     rhs: &CudaStorage,
     rl: &Layout,
 ) -> Result<CudaStorage> {
+    matmul_into(be, lhs, ll, rhs, rl, None)
+}
+
+/// [`matmul`], accumulating onto `init` when given: a contiguous `(batch.., m, n)` buffer of
+/// the operands' dtype that the product is added to (cuBLAS's beta = 1), as `linear` uses it
+/// to start from the bias rows.
+pub(crate) fn matmul_into(
+    be: &CudaBackend,
+    lhs: &CudaStorage,
+    ll: &Layout,
+    rhs: &CudaStorage,
+    rl: &Layout,
+    init: Option<CudaStorage>,
+) -> Result<CudaStorage> {
     let dtype = lhs.dtype();
     if rhs.dtype() != dtype {
         return Err(Error::backend(
@@ -104,12 +118,24 @@ pub(crate) fn matmul(
     let batch_dims = &ll.dims()[..r - 2];
     let batches: usize = batch_dims.iter().product();
     let total = batches * m * n;
-    let mut out = be.alloc_data(dtype, total)?;
+    let accumulate = init.is_some();
+    let mut out = match init {
+        Some(c) if c.len() == total && c.dtype() == dtype => c.into_data(),
+        Some(_) => {
+            return Err(Error::backend(
+                "cuda",
+                "matmul: the buffer to accumulate onto does not fit the product",
+            ));
+        }
+        None => be.alloc_data(dtype, total)?,
+    };
     if total == 0 {
         return Ok(CudaStorage::new(out, total));
     }
     if k == 0 {
-        be.fill(&mut out, total, 0)?;
+        if !accumulate {
+            be.fill(&mut out, total, 0)?;
+        }
         return Ok(CudaStorage::new(out, total));
     }
 
@@ -180,7 +206,7 @@ pub(crate) fn matmul(
         stride_c as c_longlong,
     );
     let alpha = 1.0f32;
-    let beta = 0.0f32;
+    let beta = if accumulate { 1.0f32 } else { 0.0f32 };
 
     let blas = be.blas()?;
     let stream = be.stream();
