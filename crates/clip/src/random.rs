@@ -8,7 +8,8 @@ use glimpse_tensor::{DType, Device, Result, VarBuilder};
 
 use crate::ClipConfig;
 
-/// Every weight of a `CLIPModel` checkpoint with the shapes `cfg` gives them.
+/// Every weight of a `CLIPModel` checkpoint (`logit_scale` included) with the shapes `cfg`
+/// gives them.
 pub fn weight_specs(cfg: &ClipConfig) -> Result<Vec<WeightSpec>> {
     let (t, v) = (&cfg.text_config, &cfg.vision_config);
     let (et, ev) = (t.hidden_size, v.hidden_size);
@@ -74,26 +75,17 @@ pub fn weight_specs(cfg: &ClipConfig) -> Result<Vec<WeightSpec>> {
         cfg.projection_dim,
         false,
     ));
+    s.push(WeightSpec::new(
+        "",
+        "logit_scale",
+        &[],
+        Init::Constant(cfg.logit_scale_init_value),
+    ));
     Ok(s)
 }
 
 /// A [`VarBuilder`] over random weights for `cfg` (seed 0), with `logit_scale` at the
 /// config's initial value.
 pub fn random_weights(cfg: &ClipConfig, dtype: DType, device: &Device) -> Result<VarBuilder> {
-    let specs = weight_specs(cfg)?;
-    let vb = random_var_builder(&specs, dtype, device, 0)?;
-    let mut tensors = std::collections::HashMap::new();
-    for spec in &specs {
-        tensors.insert(spec.key.clone(), vb.get_unchecked(&spec.key)?);
-    }
-    tensors.insert(
-        "logit_scale".to_string(),
-        glimpse_tensor::Tensor::full(
-            cfg.logit_scale_init_value,
-            Vec::<usize>::new(),
-            dtype,
-            device,
-        )?,
-    );
-    Ok(VarBuilder::from_tensors(tensors, dtype, device))
+    random_var_builder(&weight_specs(cfg)?, dtype, device, 0)
 }

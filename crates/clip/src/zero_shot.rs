@@ -1,6 +1,6 @@
 //! Zero-shot classification and retrieval with a CLIP model.
 
-use glimpse_nn::{LabelScore, top_k_rows};
+use glimpse_nn::{LabelScore, top_k_indices, top_k_rows};
 use glimpse_tensor::{DType, Error, Result, Tensor};
 
 use crate::model::{ClipModel, l2_normalize};
@@ -136,11 +136,8 @@ pub fn retrieve(queries: &Tensor, set: &Tensor, top_k: usize) -> Result<Vec<Vec<
         .chunks(n.max(1))
         .take(q.dims()[0])
         .map(|row| {
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            order
+            top_k_indices(row, top_k)
                 .into_iter()
-                .take(top_k)
                 .map(|index| Hit {
                     index,
                     score: row[index],

@@ -29,11 +29,8 @@ pub fn top_k_rows(probs: &Tensor, top_k: usize, labels: &[String]) -> Result<Vec
         .chunks(k.max(1))
         .take(probs.dims()[0])
         .map(|row| {
-            let mut order: Vec<usize> = (0..k).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            order
+            top_k_indices(row, top_k)
                 .into_iter()
-                .take(top_k)
                 .map(|i| LabelScore {
                     index: i,
                     label: labels[i].clone(),
@@ -42,4 +39,26 @@ pub fn top_k_rows(probs: &Tensor, top_k: usize, labels: &[String]) -> Result<Vec
                 .collect()
         })
         .collect())
+}
+
+/// Indices of the `top_k` largest values of `row`, largest first; ties keep index order.
+pub fn top_k_indices(row: &[f32], top_k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    order.truncate(top_k);
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_indices_is_descending_with_ties_in_index_order() {
+        let row = [0.1, 0.5, 0.3, 0.5, f32::NAN];
+        // total_cmp puts NaN above every number.
+        assert_eq!(top_k_indices(&row, 3), vec![4, 1, 3]);
+        assert_eq!(top_k_indices(&row[..4], 10), vec![1, 3, 2, 0]);
+        assert!(top_k_indices(&row, 0).is_empty());
+    }
 }

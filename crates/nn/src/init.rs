@@ -14,8 +14,8 @@ pub enum Init {
     Normal(f64),
     /// Normal with mean 1 and this standard deviation (layer-norm scales).
     NormalAroundOne(f64),
-    /// All zeros.
-    Zeros,
+    /// Every element this value (a scalar parameter such as CLIP's `logit_scale`).
+    Constant(f64),
 }
 
 /// One weight of a model: its full key, shape and initialisation.
@@ -129,7 +129,7 @@ pub fn random_var_builder(
             Init::NormalAroundOne(std) => {
                 Tensor::rand_normal(1.0, std, spec.shape.clone(), dtype, s, device)?
             }
-            Init::Zeros => Tensor::zeros(spec.shape.clone(), dtype, device)?,
+            Init::Constant(value) => Tensor::full(value, spec.shape.clone(), dtype, device)?,
         };
         tensors.insert(spec.key.clone(), t);
     }

@@ -51,7 +51,7 @@ pub use activation::Activation;
 pub use attention::{
     AttentionConfig, AttentionKeys, AttentionMask, MultiHeadAttention, merge_heads, split_heads,
 };
-pub use classify::{LabelScore, top_k_rows};
+pub use classify::{LabelScore, top_k_indices, top_k_rows};
 pub use config::{parse_json_config, read_json_config};
 pub use embedding::Embedding;
 pub use encoder::{Encoder, EncoderConfig, EncoderKeys, EncoderLayerKeys, PreNormEncoderLayer};
