@@ -135,6 +135,27 @@ fn check_vit_model(dir: &Path, dtype: DType) {
     );
 }
 
+/// The text tower's outputs, with and without the attention mask where the fixture has both.
+fn check_clip_text(model: &ClipModel, r: &Reference, ids: &Tensor, mask: &Tensor, tol: f64) {
+    let text = model.text_model().forward(ids, Some(mask)).unwrap();
+    r.check("text_last_hidden_state", &text.last_hidden_state, tol);
+    r.check("text_pooler_output", &text.pooler_output, tol);
+    r.check(
+        "text_features",
+        &model.get_text_features(ids, Some(mask)).unwrap(),
+        tol,
+    );
+    if r.has("text_pooler_output_nomask") {
+        let text = model.text_model().forward(ids, None).unwrap();
+        r.check(
+            "text_last_hidden_state_nomask",
+            &text.last_hidden_state,
+            tol,
+        );
+        r.check("text_pooler_output_nomask", &text.pooler_output, tol);
+    }
+}
+
 fn check_clip(dir: &Path, dtype: DType) {
     let tol = half_tolerance(dtype);
     let device = glimpse_cpu::device();
@@ -144,23 +165,7 @@ fn check_clip(dir: &Path, dtype: DType) {
     let mask = r.ids("attention_mask");
     let pixels = r.input("pixel_values", dtype);
 
-    let text = model.text_model().forward(&ids, Some(&mask)).unwrap();
-    r.check("text_last_hidden_state", &text.last_hidden_state, tol);
-    r.check("text_pooler_output", &text.pooler_output, tol);
-    r.check(
-        "text_features",
-        &model.get_text_features(&ids, Some(&mask)).unwrap(),
-        tol,
-    );
-    if r.has("text_pooler_output_nomask") {
-        let text = model.text_model().forward(&ids, None).unwrap();
-        r.check(
-            "text_last_hidden_state_nomask",
-            &text.last_hidden_state,
-            tol,
-        );
-        r.check("text_pooler_output_nomask", &text.pooler_output, tol);
-    }
+    check_clip_text(&model, &r, &ids, &mask, tol);
 
     let vision = model.vision_model().forward(&pixels, false).unwrap();
     r.check("vision_last_hidden_state", &vision.last_hidden_state, tol);
@@ -197,19 +202,11 @@ fn check_clip(dir: &Path, dtype: DType) {
 }
 
 fn check_clip_text_only(dir: &Path, dtype: DType) {
-    let tol = half_tolerance(dtype);
     let device = glimpse_cpu::device();
     let model = ClipModel::from_pretrained(dir, dtype, &device).unwrap();
     let r = Reference::open(dir);
-    let ids = r.ids("input_ids");
-    let mask = r.ids("attention_mask");
-    let text = model.text_model().forward(&ids, Some(&mask)).unwrap();
-    r.check("text_pooler_output", &text.pooler_output, tol);
-    r.check(
-        "text_features",
-        &model.get_text_features(&ids, Some(&mask)).unwrap(),
-        tol,
-    );
+    let (ids, mask) = (r.ids("input_ids"), r.ids("attention_mask"));
+    check_clip_text(&model, &r, &ids, &mask, half_tolerance(dtype));
 }
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
