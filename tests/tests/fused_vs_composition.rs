@@ -144,6 +144,31 @@ proptest! {
             assert_close(&x.gelu(kind).unwrap(), &x.unary(kind.unary_op()).unwrap(), tol(dtype), &format!("{kind:?} {what}")).unwrap();
         }
     }
+
+    #[test]
+    fn layer_norm_and_gelu_backward(
+        rows in 1usize..40, cols in 1usize..1100, dtype in dtype_strategy(), affine: bool, seed in 0u64..1000,
+    ) {
+        let dev = glimpse_cpu::device();
+        let x = Tensor::rand_normal(0.3, 2.0, [cols, rows], DType::F32, seed, &dev).unwrap().to_dtype(dtype).unwrap().t().unwrap();
+        let g = Tensor::rand_normal(0.0, 1.0, [rows, cols], DType::F32, seed + 1, &dev).unwrap().to_dtype(dtype).unwrap();
+        let w = Tensor::rand_normal(1.0, 0.2, [cols], DType::F32, seed + 2, &dev).unwrap().to_dtype(dtype).unwrap();
+        let w = affine.then_some(&w);
+        let what = format!("{dtype} {rows}x{cols}");
+        let fused = x.layer_norm_backward(w, 1e-5, &g).unwrap();
+        let composed = compose::layer_norm_backward(&x, w, 1e-5, &g).unwrap();
+        // Column sums over `rows` rows: the tolerance grows with the number of terms.
+        let sum_tol = tol(dtype) * (rows as f64).sqrt() * 4.0;
+        assert_close(&fused.dx, &composed.dx, tol(dtype) * 4.0, &format!("layer_norm dx {what}")).unwrap();
+        assert_close(&fused.dbias, &composed.dbias, sum_tol, &format!("layer_norm dbias {what}")).unwrap();
+        assert_eq!(fused.dweight.is_some(), affine);
+        if let (Some(a), Some(b)) = (&fused.dweight, &composed.dweight) {
+            assert_close(a, b, sum_tol, &format!("layer_norm dweight {what}")).unwrap();
+        }
+        for kind in [glimpse_tensor::GeluKind::Erf, glimpse_tensor::GeluKind::Tanh, glimpse_tensor::GeluKind::Quick] {
+            assert_close(&x.gelu_backward(&g, kind).unwrap(), &compose::gelu_backward(&x, &g, kind).unwrap(), tol(dtype), &format!("{kind:?} backward {what}")).unwrap();
+        }
+    }
 }
 
 proptest! {

@@ -283,6 +283,28 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn gelu_backward(&self, x: &Tensor, d_out: &Tensor, kind: GeluKind) -> Result<Tensor> {
+        if kernel_dtype(x.dtype()) {
+            fused::gelu_backward(x, d_out, kind)
+        } else {
+            compose::gelu_backward(x, d_out, kind)
+        }
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        eps: f64,
+        d_out: &Tensor,
+    ) -> Result<glimpse_tensor::LayerNormGrads> {
+        if kernel_dtype(x.dtype()) {
+            fused::layer_norm_backward(x, weight, eps, d_out)
+        } else {
+            compose::layer_norm_backward(x, weight, eps, d_out)
+        }
+    }
+
     fn attention(
         &self,
         q: &Tensor,

@@ -199,6 +199,50 @@ pub fn gelu(x: &Tensor, kind: glimpse_tensor::GeluKind) -> Result<Tensor> {
     from_f32(out, x.shape(), x.dtype(), x)
 }
 
+/// The gradient of a GELU at `x` given `d_out`.
+pub fn gelu_backward(x: &Tensor, d_out: &Tensor, kind: glimpse_tensor::GeluKind) -> Result<Tensor> {
+    let data = f32_data(x)?;
+    let g = f32_data(d_out)?;
+    let out = produce(data.len(), kernels::simd::PAR_CHUNK, |start, out| {
+        let end = start + out.len();
+        kernels::gelu::gelu_backward(kind, &data[start..end], &g[start..end], out)
+    });
+    from_f32(out, x.shape(), x.dtype(), x)
+}
+
+/// Gradients of layer norm over the last dimension.
+pub fn layer_norm_backward(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    eps: f64,
+    d_out: &Tensor,
+) -> Result<glimpse_tensor::LayerNormGrads> {
+    let cols = *x.dims().last().expect("checked by the tensor crate");
+    if cols == 0 || x.elem_count() == 0 {
+        return glimpse_tensor::compose::layer_norm_backward(x, weight, eps, d_out);
+    }
+    let data = f32_data(x)?;
+    let g = f32_data(d_out)?;
+    let w = weight.map(f32_data).transpose()?;
+    let mut dx = vec![0f32; data.len()];
+    let (dw, db) = kernels::layer_norm::layer_norm_backward_rows(
+        &data,
+        &g,
+        w.as_deref(),
+        eps as f32,
+        &mut dx,
+        cols,
+    );
+    let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    Ok(glimpse_tensor::LayerNormGrads {
+        dx: from_f32(dx, x.shape(), x.dtype(), x)?,
+        dweight: weight
+            .map(|w| from_f32(to_f32(dw), [cols], w.dtype(), x))
+            .transpose()?,
+        dbias: from_f32(to_f32(db), [cols], x.dtype(), x)?,
+    })
+}
+
 /// A `(B, H, N, D)` input of the attention kernels: f32 data and its batch, head and row
 /// strides (the last dimension contiguous).
 struct AttnInput<'a> {

@@ -217,6 +217,17 @@ pub struct AttentionGrads {
     pub dv: Tensor,
 }
 
+/// Gradients of layer norm with respect to its input and affine parameters.
+#[derive(Clone, Debug)]
+pub struct LayerNormGrads {
+    /// In the shape and dtype of the input.
+    pub dx: Tensor,
+    /// `(D)` in the weight's dtype, when the norm has a weight.
+    pub dweight: Option<Tensor>,
+    /// `(D)` in the input's dtype: the gradient of a bias (whether or not the norm has one).
+    pub dbias: Tensor,
+}
+
 /// Options of the fused patch embedding (a convolution whose stride equals its kernel).
 #[derive(Clone, Debug)]
 pub struct PatchEmbedOptions {
@@ -261,6 +272,14 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     /// Which dtypes this device can hold and compute with.
     fn supports_dtype(&self, dtype: DType) -> bool;
+
+    /// The backend as `Any`, for code that needs the concrete type behind a [`Device`]
+    /// (a decorating backend finding itself, for instance). `None` unless a backend opts in.
+    ///
+    /// [`Device`]: crate::Device
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
 
     // ----- memory -----
 
@@ -413,6 +432,20 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// A GELU activation.
     fn gelu(&self, x: &Tensor, kind: GeluKind) -> Result<Tensor> {
         x.unary(kind.unary_op())
+    }
+    /// The gradient of [`Backend::gelu`] at `x` given the output's gradient `d_out`.
+    fn gelu_backward(&self, x: &Tensor, d_out: &Tensor, kind: GeluKind) -> Result<Tensor> {
+        compose::gelu_backward(x, d_out, kind)
+    }
+    /// Gradients of [`Backend::layer_norm`] (statistics recomputed from `x`).
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        eps: f64,
+        d_out: &Tensor,
+    ) -> Result<LayerNormGrads> {
+        compose::layer_norm_backward(x, weight, eps, d_out)
     }
     /// Scaled dot-product attention; `q` is `(B, H, Nq, D)`, `k` is `(B, H, Nk, D)`, `v` is
     /// `(B, H, Nk, Dv)`.

@@ -6,7 +6,7 @@
 
 use crate::backend::{
     AttentionGrads, AttentionOptions, AttentionOutput, ContrastiveGrads, ContrastiveOutput,
-    PatchEmbedOptions,
+    GeluKind, LayerNormGrads, PatchEmbedOptions,
 };
 use crate::{DType, Result, Tensor};
 
@@ -55,6 +55,79 @@ pub fn layer_norm(
         y = y.add(&upcast(b)?)?;
     }
     y.to_dtype(x.dtype())
+}
+
+/// The derivative of a GELU at `x` times `d_out`, computed in the compute dtype.
+pub fn gelu_backward(x: &Tensor, d_out: &Tensor, kind: GeluKind) -> Result<Tensor> {
+    use std::f64::consts::{FRAC_1_SQRT_2, PI};
+    let (xf, g) = (upcast(x)?, upcast(d_out)?);
+    let d = match kind {
+        // d/dx x Φ(x) = Φ(x) + x φ(x)
+        GeluKind::Erf => {
+            let cdf = xf.affine(FRAC_1_SQRT_2, 0.0)?.erf()?.affine(0.5, 0.5)?;
+            let pdf = xf
+                .sqr()?
+                .affine(-0.5, 0.0)?
+                .exp()?
+                .affine(1.0 / (2.0 * PI).sqrt(), 0.0)?;
+            cdf.add(&xf.mul(&pdf)?)?
+        }
+        // y = 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
+        GeluKind::Tanh => {
+            let c = (2.0 / PI).sqrt();
+            let x2 = xf.sqr()?;
+            let t = xf.mul(&x2.affine(0.044715, 1.0)?)?.affine(c, 0.0)?.tanh()?;
+            let du = x2.affine(3.0 * 0.044715 * c, c)?;
+            t.affine(0.5, 0.5)?.add(
+                &xf.mul(&t.sqr()?.affine(-1.0, 1.0)?)?
+                    .mul(&du)?
+                    .affine(0.5, 0.0)?,
+            )?
+        }
+        // y = x s(1.702 x): s + 1.702 x s (1 - s)
+        GeluKind::Quick => {
+            let s = xf.affine(1.702, 0.0)?.sigmoid()?;
+            s.add(&xf.mul(&s)?.mul(&s.affine(-1.0, 1.0)?)?.affine(1.702, 0.0)?)?
+        }
+    };
+    g.mul(&d)?.to_dtype(x.dtype())
+}
+
+/// Gradients of layer norm over the last dimension: with `xhat = (x - mean) * rstd` and
+/// `dxhat = d_out * weight`, `dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))`,
+/// `dweight = sum over rows of d_out * xhat`, `dbias = sum over rows of d_out`.
+pub fn layer_norm_backward(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    eps: f64,
+    d_out: &Tensor,
+) -> Result<LayerNormGrads> {
+    let d = *x.dims().last().unwrap_or(&1);
+    let rows = x.elem_count() / d.max(1);
+    let xf = upcast(x)?.reshape([rows, d])?;
+    let g = upcast(d_out)?.reshape([rows, d])?;
+    let centered = xf.sub(&xf.mean_keepdim(1)?)?;
+    let rstd = centered
+        .sqr()?
+        .mean_keepdim(1)?
+        .affine(1.0, eps)?
+        .sqrt()?
+        .recip()?;
+    let xhat = centered.mul(&rstd)?;
+    let dxhat = match weight {
+        Some(w) => g.mul(&upcast(w)?)?,
+        None => g.clone(),
+    };
+    let m1 = dxhat.mean_keepdim(1)?;
+    let m2 = dxhat.mul(&xhat)?.mean_keepdim(1)?;
+    let dx = dxhat.sub(&m1)?.sub(&xhat.mul(&m2)?)?.mul(&rstd)?;
+    Ok(LayerNormGrads {
+        dx: dx.reshape(x.shape().clone())?.to_dtype(x.dtype())?,
+        dweight: weight
+            .map(|w| g.mul(&xhat)?.sum(0)?.to_dtype(w.dtype()))
+            .transpose()?,
+        dbias: g.sum(0)?.to_dtype(x.dtype())?,
+    })
 }
 
 /// `U32` mask `(B, 1, Nq, Nk)` or `(1, 1, Nq, Nk)`: 1 where query `i` may see key `j`.

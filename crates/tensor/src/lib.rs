@@ -31,8 +31,8 @@ mod var_builder;
 
 pub use backend::{
     AttentionGrads, AttentionOptions, AttentionOutput, Backend, BackendStorage, BinaryOp,
-    ContrastiveGrads, ContrastiveOutput, DeviceLocation, GeluKind, PatchEmbedOptions, ReduceOp,
-    SharedBytes, Storage, UnaryOp,
+    ContrastiveGrads, ContrastiveOutput, DeviceLocation, GeluKind, LayerNormGrads,
+    PatchEmbedOptions, ReduceOp, SharedBytes, Storage, UnaryOp,
 };
 pub use device::Device;
 pub use dtype::{DType, HostSlice, HostVec, WithDType};

@@ -988,6 +988,68 @@ impl Tensor {
         self.device().backend().gelu(self, kind)
     }
 
+    /// The gradient of [`Tensor::gelu`] at `self` given the output's gradient `d_out` (same
+    /// shape and dtype).
+    pub fn gelu_backward(&self, d_out: &Tensor, kind: GeluKind) -> Result<Tensor> {
+        const OP: &str = "gelu_backward";
+        check_float(OP, self)?;
+        check_same_device(OP, self, d_out)?;
+        check_same_dtype(OP, self, d_out)?;
+        if self.shape() != d_out.shape() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().clone(),
+                rhs: d_out.shape().clone(),
+            });
+        }
+        self.device().backend().gelu_backward(self, d_out, kind)
+    }
+
+    /// Gradients of [`Tensor::layer_norm`] at `self` (statistics recomputed) given the
+    /// output's gradient `d_out` (same shape and dtype).
+    pub fn layer_norm_backward(
+        &self,
+        weight: Option<&Tensor>,
+        eps: f64,
+        d_out: &Tensor,
+    ) -> Result<crate::LayerNormGrads> {
+        const OP: &str = "layer_norm_backward";
+        check_float(OP, self)?;
+        check_same_device(OP, self, d_out)?;
+        check_same_dtype(OP, self, d_out)?;
+        if self.shape() != d_out.shape() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().clone(),
+                rhs: d_out.shape().clone(),
+            });
+        }
+        let last = *self
+            .dims()
+            .last()
+            .ok_or_else(|| Error::bad_shape(OP, "needs at least one dimension", self.shape()))?;
+        if let Some(w) = weight {
+            check_same_device(OP, self, w)?;
+            check_same_dtype(OP, self, w)?;
+            if w.dims() != [last] {
+                return Err(Error::bad_shape(
+                    OP,
+                    format!("weight must be ({last})"),
+                    w.shape(),
+                ));
+            }
+        }
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(Error::invalid(
+                OP,
+                format!("eps must be finite and >= 0, got {eps}"),
+            ));
+        }
+        self.device()
+            .backend()
+            .layer_norm_backward(self, weight, eps, d_out)
+    }
+
     /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`.
     pub fn gelu_erf(&self) -> Result<Tensor> {
         self.gelu(GeluKind::Erf)

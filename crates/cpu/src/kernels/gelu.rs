@@ -57,6 +57,77 @@ pub fn tanh(x: &[f32], out: &mut [f32]) {
     run(x, out, tanh_block);
 }
 
+/// The gradient of a GELU: `out = g * GELU'(x)` for `kind` 0 (erf), 1 (tanh), 2 (quick).
+///
+/// # Panics
+/// If the three lengths differ.
+pub fn gelu_backward(kind: glimpse_tensor::GeluKind, x: &[f32], g: &[f32], out: &mut [f32]) {
+    use glimpse_tensor::GeluKind;
+    assert!(
+        x.len() == g.len() && x.len() == out.len(),
+        "gelu_backward: lengths differ"
+    );
+    let f: fn(&[f32], &[f32], &mut [f32]) = match kind {
+        GeluKind::Erf => gelu_erf_backward_block,
+        GeluKind::Tanh => gelu_tanh_backward_block,
+        GeluKind::Quick => quick_gelu_backward_block,
+    };
+    if x.len() <= simd::PAR_CHUNK {
+        f(x, g, out);
+    } else {
+        x.par_chunks(simd::PAR_CHUNK)
+            .zip(g.par_chunks(simd::PAR_CHUNK))
+            .zip(out.par_chunks_mut(simd::PAR_CHUNK))
+            .for_each(|((x, g), o)| f(x, g, o));
+    }
+}
+
+multiversion! {
+    fn gelu_erf_backward_block(x: &[f32], g: &[f32], out: &mut [f32]) => gelu_erf_backward_impl;
+}
+multiversion! {
+    fn gelu_tanh_backward_block(x: &[f32], g: &[f32], out: &mut [f32]) => gelu_tanh_backward_impl;
+}
+multiversion! {
+    fn quick_gelu_backward_block(x: &[f32], g: &[f32], out: &mut [f32]) => quick_gelu_backward_impl;
+}
+
+#[inline(always)]
+fn gelu_erf_backward_impl<const FMA: bool>(x: &[f32], g: &[f32], out: &mut [f32]) {
+    // d/dx x Φ(x) = Φ(x) + x φ(x), φ(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
+        let cdf = simd::madd::<FMA>(0.5, simd::erf::<FMA>(v * FRAC_1_SQRT_2), 0.5);
+        let pdf = INV_SQRT_2PI * simd::exp::<FMA>(-0.5 * v * v);
+        *o = gv * simd::madd::<FMA>(v, pdf, cdf);
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_backward_impl<const FMA: bool>(x: &[f32], g: &[f32], out: &mut [f32]) {
+    // y = 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3):
+    // y' = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
+    const C: f32 = 0.797_884_6;
+    const A: f32 = 0.044_715;
+    for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
+        let v2 = v * v;
+        let t = simd::tanh::<FMA>(C * simd::madd::<FMA>(A * v, v2, v));
+        let du = C * simd::madd::<FMA>(3.0 * A, v2, 1.0);
+        let d = simd::madd::<FMA>(0.5 * v * (1.0 - t * t), du, simd::madd::<FMA>(0.5, t, 0.5));
+        *o = gv * d;
+    }
+}
+
+#[inline(always)]
+fn quick_gelu_backward_impl<const FMA: bool>(x: &[f32], g: &[f32], out: &mut [f32]) {
+    // y = x s(1.702 x): y' = s + 1.702 x s (1 - s)
+    for ((o, &v), &gv) in out.iter_mut().zip(x).zip(g) {
+        let sg = simd::sigmoid::<FMA>(1.702 * v);
+        *o = gv * simd::madd::<FMA>(1.702 * v * sg, 1.0 - sg, sg);
+    }
+}
+
 fn run(x: &[f32], out: &mut [f32], f: fn(&[f32], &mut [f32])) {
     assert_eq!(x.len(), out.len(), "gelu: x and out lengths differ");
     if x.len() <= simd::PAR_CHUNK {

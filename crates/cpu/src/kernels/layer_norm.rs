@@ -49,6 +49,87 @@ pub fn layer_norm_rows(
     }
 }
 
+/// Gradients of [`layer_norm_rows`]: `dx` (same layout as `x`) into `dx`, and the column
+/// sums `sum_rows(g * xhat)` and `sum_rows(g)` (the weight and bias gradients) returned in f64
+/// (they add up over every row). Statistics are recomputed per row in f64.
+///
+/// # Panics
+/// If `cols == 0` or the lengths do not fit `(rows, cols)`.
+pub fn layer_norm_backward_rows(
+    x: &[f32],
+    g: &[f32],
+    weight: Option<&[f32]>,
+    eps: f32,
+    dx: &mut [f32],
+    cols: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    assert!(
+        cols > 0 && x.len().is_multiple_of(cols),
+        "layer_norm_backward: shape"
+    );
+    assert!(
+        x.len() == g.len() && x.len() == dx.len(),
+        "layer_norm_backward: lengths"
+    );
+    assert!(
+        weight.is_none_or(|w| w.len() == cols),
+        "layer_norm_backward: weight"
+    );
+    let chunk = simd::rows_per_task(cols) * cols;
+    let block = |x: &[f32], g: &[f32], dx: &mut [f32]| {
+        let mut dw = vec![0f64; cols];
+        let mut db = vec![0f64; cols];
+        let mut xhat = vec![0f32; cols];
+        let inv_n = 1.0 / cols as f64;
+        for ((row, grow), drow) in x
+            .chunks_exact(cols)
+            .zip(g.chunks_exact(cols))
+            .zip(dx.chunks_exact_mut(cols))
+        {
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() * inv_n;
+            let var = row
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                * inv_n;
+            let rstd = 1.0 / (var + f64::from(eps)).sqrt();
+            let (mut m1, mut m2) = (0f64, 0f64);
+            for j in 0..cols {
+                let xh = (f64::from(row[j]) - mean) * rstd;
+                xhat[j] = xh as f32;
+                let gj = f64::from(grow[j]);
+                let dxh = weight.map_or(gj, |w| gj * f64::from(w[j]));
+                m1 += dxh;
+                m2 += dxh * xh;
+                dw[j] += gj * xh;
+                db[j] += gj;
+            }
+            m1 *= inv_n;
+            m2 *= inv_n;
+            for j in 0..cols {
+                let gj = f64::from(grow[j]);
+                let dxh = weight.map_or(gj, |w| gj * f64::from(w[j]));
+                drow[j] = (rstd * (dxh - m1 - f64::from(xhat[j]) * m2)) as f32;
+            }
+        }
+        (dw, db)
+    };
+    let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
+        a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+        b.iter_mut().zip(&d).for_each(|(b, d)| *b += d);
+        (a, b)
+    };
+    if x.len() <= chunk {
+        block(x, g, dx)
+    } else {
+        x.par_chunks(chunk)
+            .zip(g.par_chunks(chunk))
+            .zip(dx.par_chunks_mut(chunk))
+            .map(|((x, g), dx)| block(x, g, dx))
+            .reduce(|| (vec![0f64; cols], vec![0f64; cols]), add)
+    }
+}
+
 multiversion! {
     fn ln_block(
         x: &[f32],
