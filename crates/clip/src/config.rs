@@ -4,11 +4,11 @@ use std::path::Path;
 
 use glimpse_nn::{Activation, EncoderConfig};
 use glimpse_tensor::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The text tower's configuration (Hugging Face `CLIPTextConfig`, same field names and
 /// defaults).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClipTextConfig {
     /// Size of the token vocabulary.
@@ -110,7 +110,7 @@ impl ClipTextConfig {
 
 /// The vision tower's configuration (Hugging Face `CLIPVisionConfig`, same field names and
 /// defaults).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClipVisionConfig {
     /// Width of the residual stream.
@@ -194,7 +194,7 @@ impl ClipVisionConfig {
 /// The configuration of a CLIP model (Hugging Face `CLIPConfig`). The defaults are
 /// [openai/clip-vit-base-patch32](https://huggingface.co/openai/clip-vit-base-patch32)'s
 /// architecture.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClipConfig {
     /// The text tower.

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use glimpse_nn::{Activation, EncoderConfig};
 use glimpse_tensor::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// An image size given as one number (square) or as `[height, width]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ImageSize {
     /// A square image.
@@ -30,7 +30,7 @@ impl ImageSize {
 /// The configuration of a ViT, with the field names and defaults of the Hugging Face
 /// `ViTConfig` (so a checkpoint's `config.json` deserializes directly). The defaults are
 /// [google/vit-base-patch16-224](https://huggingface.co/google/vit-base-patch16-224)'s.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ViTConfig {
     /// Width of the residual stream.

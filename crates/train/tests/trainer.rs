@@ -1,0 +1,188 @@
+//! The training loop: a stopped and resumed run ends bit for bit where an uninterrupted one
+//! does; the stop flag saves a checkpoint; checkpoints of other settings are refused; the run
+//! directory gets its metrics, curves and exported model.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use glimpse_tensor::safetensors::SafeTensorsFile;
+use glimpse_train::data::{FashionMnist, Split};
+use glimpse_train::tasks::{VitFashionMnist, VitFashionSettings};
+use glimpse_train::trainer::{Observer, Outcome, Silent, TrainOptions, Trainer};
+
+/// A small random stand-in for Fashion-MNIST (96 training, 32 test images of 28x28).
+fn fake_dataset(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (split, n, seed) in [(Split::Train, 96usize, 1u32), (Split::Test, 32, 2)] {
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        };
+        let labels: Vec<u8> = (0..n).map(|_| next() % 10).collect();
+        // Images correlated with their label, so that the loss can go down.
+        let images: Vec<u8> = labels
+            .iter()
+            .flat_map(|&l| {
+                (0..28 * 28)
+                    .map(|p| if p % 10 == usize::from(l) { 200 } else { 20 })
+                    .collect::<Vec<u8>>()
+            })
+            .collect();
+        FashionMnist {
+            images,
+            labels,
+            rows: 28,
+            cols: 28,
+        }
+        .save(dir, split, true)
+        .unwrap();
+    }
+}
+
+fn task(data: &Path) -> VitFashionMnist {
+    let settings = VitFashionSettings {
+        patch_size: 7,
+        hidden_size: 16,
+        layers: 1,
+        heads: 2,
+        mlp_size: 32,
+        ..VitFashionSettings::default()
+    };
+    VitFashionMnist::new(settings, data, 3).unwrap()
+}
+
+fn options() -> TrainOptions {
+    TrainOptions {
+        epochs: 2,
+        batch_size: 16,
+        warmup_steps: 2,
+        checkpoint_every: 0,
+        log_every: 1,
+        ..TrainOptions::default()
+    }
+}
+
+/// Every tensor of a checkpoint as raw bytes, by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let f = SafeTensorsFile::read(path).unwrap();
+    let mut names: Vec<&str> = f.names();
+    names.sort_unstable();
+    names
+        .into_iter()
+        .map(|n| (n.to_string(), f.raw_bytes(n).unwrap().to_vec()))
+        .collect()
+}
+
+/// The metric lines without the throughput, which depends on timing.
+fn metric_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("samples_per_second");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn stopped_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    fake_dataset(&data);
+    let task = task(&data);
+    let cpu = glimpse_cpu::device();
+
+    let straight = root.path().join("straight");
+    let out = Trainer::new(&task, options(), cpu.clone(), &straight)
+        .run(false, &mut Silent)
+        .unwrap();
+    assert!(matches!(out, Outcome::Finished { step: 12, .. }), "{out:?}");
+
+    let resumed = root.path().join("resumed");
+    let stopping = TrainOptions {
+        max_steps: Some(5),
+        ..options()
+    };
+    let out = Trainer::new(&task, stopping, cpu.clone(), &resumed)
+        .run(false, &mut Silent)
+        .unwrap();
+    assert!(matches!(out, Outcome::Stopped { step: 5, .. }), "{out:?}");
+    let out = Trainer::new(&task, options(), cpu, &resumed)
+        .run(true, &mut Silent)
+        .unwrap();
+    assert!(matches!(out, Outcome::Finished { step: 12, .. }), "{out:?}");
+
+    assert_eq!(
+        tensors(&straight.join("checkpoint.safetensors")),
+        tensors(&resumed.join("checkpoint.safetensors"))
+    );
+    assert_eq!(
+        tensors(&straight.join("model/model.safetensors")),
+        tensors(&resumed.join("model/model.safetensors"))
+    );
+    assert_eq!(metric_lines(&straight), metric_lines(&resumed));
+
+    // The run directory has everything a user looks at.
+    for f in ["loss.png", "eval.png", "model/config.json", "metrics.jsonl"] {
+        assert!(straight.join(f).exists(), "{f} missing");
+    }
+    let evals: Vec<serde_json::Value> = metric_lines(&straight)
+        .into_iter()
+        .filter(|v| v["kind"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 2, "one evaluation per epoch");
+    // The exported model loads as a published checkpoint.
+    let model = glimpse_vit::ViTForImageClassification::from_pretrained(
+        straight.join("model"),
+        glimpse_tensor::DType::F32,
+        &glimpse_cpu::device(),
+    )
+    .unwrap();
+    assert_eq!(model.labels()[0], "T-shirt/top");
+}
+
+#[test]
+fn the_stop_flag_saves_a_checkpoint_and_resume_refuses_other_settings() {
+    struct StopAt(std::sync::Arc<std::sync::atomic::AtomicBool>, u64);
+    impl Observer for StopAt {
+        fn on_step(&mut self, step: u64, _loss: f64, _sps: f64) {
+            if step == self.1 {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    fake_dataset(&data);
+    let task = task(&data);
+    let run = root.path().join("run");
+    let trainer = Trainer::new(&task, options(), glimpse_cpu::device(), &run);
+    let mut observer = StopAt(trainer.stop.clone(), 3);
+    let out = trainer.run(false, &mut observer).unwrap();
+    assert!(matches!(out, Outcome::Stopped { step: 3, .. }), "{out:?}");
+    assert!(run.join("checkpoint.safetensors").exists());
+
+    let other = TrainOptions {
+        lr: 5e-4,
+        ..options()
+    };
+    let err = Trainer::new(&task, other, glimpse_cpu::device(), &run)
+        .run(true, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other settings"), "{err}");
+    // A missing checkpoint is an error naming the file.
+    let err = Trainer::new(
+        &task,
+        options(),
+        glimpse_cpu::device(),
+        &root.path().join("none"),
+    )
+    .run(true, &mut Silent)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("checkpoint.safetensors"), "{err}");
+}
