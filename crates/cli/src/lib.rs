@@ -27,6 +27,7 @@ pub fn run(cli: &cli::Cli) -> Result<()> {
         cli::Command::ZeroShot(args) => commands::zero_shot::run(args),
         cli::Command::Classify(args) => commands::classify::run(args),
         cli::Command::Embed(args) => commands::embed::run(args),
+        cli::Command::Train(cmd) => commands::train::run(cmd),
     }
 }
 

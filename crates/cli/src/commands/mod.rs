@@ -2,6 +2,7 @@
 
 pub mod classify;
 pub mod embed;
+pub mod train;
 pub mod zero_shot;
 
 use std::path::PathBuf;
