@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference trainer for Fashion-MNIST: the recipe glimpse's Rust trainer reproduces.
 
-    python benches/train_torch.py                        # the default recipe (below), 2 threads
+    python benches/train_torch.py                        # the defaults (DEFAULTS below), 2 threads
     python benches/train_torch.py --threads 1 --max-steps 50   # a quick throughput run
 
 Data: the gzip IDX files of Debian's fashion-mnist package (/usr/share/datasets/fashion-mnist,
@@ -57,8 +57,10 @@ MEAN, STD = 0.2860, 0.3530
 NO_DECAY_SUBSTRINGS = ("norm", "position_embedding", "cls_token", "class_embedding", "logit_scale")
 DEFAULT_DATA = Path("/usr/share/datasets/fashion-mnist")
 
-# The recipe (see the report in the commit that added this file): patch 4 (49 patches + CLS),
-# width 64, 4 layers, 4 heads, MLP 128, batch 128, AdamW lr 2e-3 -> 1e-5, 10 epochs.
+# Defaults: the recipe `glimpse train vit --dataset fashion-mnist` uses (see its vit_recipe):
+# patch 4, width 64, 4 layers, 4 heads, MLP 128, batch 64, AdamW lr 1e-3 -> 1e-5 with 500
+# warm-up steps, weight decay 0.05, label smoothing 0.1, clipping at 1.0, 10 epochs, flips only
+# (--shift 0). Start from glimpse's initial weights with --init RUN/init.safetensors.
 DEFAULTS = dict(
     patch_size=4,
     hidden=64,
@@ -66,8 +68,8 @@ DEFAULTS = dict(
     heads=4,
     mlp=128,
     epochs=10,
-    batch_size=128,
-    lr=2e-3,
+    batch_size=64,
+    lr=1e-3,
     min_lr=1e-5,
     warmup_steps=500,
     weight_decay=0.05,
@@ -103,12 +105,12 @@ def normalize(x):
     return (x - MEAN) / STD
 
 
-def augment(x, rng):
-    """Random crop of the zero-padded (2 px) images and random horizontal flip, per image."""
+def augment(x, rng, shift=2):
+    """Random crop of the zero-padded (`shift` px) images and random horizontal flip, per image."""
     b = x.shape[0]
-    padded = F.pad(x, (2, 2, 2, 2))
-    dy = torch.from_numpy(rng.integers(0, 5, size=b))
-    dx = torch.from_numpy(rng.integers(0, 5, size=b))
+    padded = F.pad(x, (shift, shift, shift, shift))
+    dy = torch.from_numpy(rng.integers(0, 2 * shift + 1, size=b))
+    dx = torch.from_numpy(rng.integers(0, 2 * shift + 1, size=b))
     flip = torch.from_numpy(rng.random(b) < 0.5)
     ar = torch.arange(28)
     rows = (dy[:, None] + ar[None, :])  # (b, 28)
@@ -202,6 +204,7 @@ def parse_args():
     p.add_argument("--save", type=Path, metavar="DIR")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--no-eval", action="store_true", help="skip the test set evaluation")
+    p.add_argument("--shift", type=int, default=0, help="largest random shift in pixels (0: flips only)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
@@ -277,7 +280,7 @@ def main():
                 stopped = True
                 break
             idx = order[i * args.batch_size : (i + 1) * args.batch_size]
-            xb = normalize(augment(x_train[idx], rng))
+            xb = normalize(augment(x_train[idx], rng, args.shift))
             yb = y_train[idx]
             lr = lr_at(step, args.lr, args.min_lr, args.warmup_steps, total)
             for g in opt.param_groups:

@@ -7,6 +7,8 @@
 //!   and ops, `models` whole ViT-B/16 and CLIP ViT-B/32 forwards (transformers on PyTorch's
 //!   side). PyTorch comes from `$GLIMPSE_TORCH_PYTHON` when set, otherwise from a venv this
 //!   command creates in `target/torch-venv` (`pip install torch transformers`).
+//!   `bench-compare train [STEPS]` times the Fashion-MNIST ViT training recipe in
+//!   `glimpse train vit` and in `benches/train_torch.py` from the same initial weights.
 //! * `fixtures` regenerates the committed reference fixtures: `tests/fixtures/models` with
 //!   `tests/fixtures/generate/models.py`, then `tests/fixtures/processing` with
 //!   `tests/fixtures/generate/processing.py` when that script exists. Python comes from
@@ -41,8 +43,9 @@ fn main() -> ExitCode {
             Some(suite @ ("cpu" | "models")) => {
                 bench_compare(suite, args.get(2).map(String::as_str))
             }
+            Some("train") => bench_compare_train(args.get(2).map(String::as_str)),
             other => Err(format!(
-                "bench-compare: unknown suite {other:?}; available: cpu, models"
+                "bench-compare: unknown suite {other:?}; available: cpu, models, train"
             )),
         },
         _ => Err(usage()),
@@ -61,6 +64,7 @@ fn usage() -> String {
      \n  ci                          format check, clippy -D warnings, tests (what CI runs)\n  \
      bench-compare cpu|models [FILTER]\n                              \
      glimpse vs PyTorch on the CPU kernels or whole models, side by side\n  \
+     bench-compare train [STEPS]  ViT Fashion-MNIST training throughput vs PyTorch\n  \
      fixtures                    regenerate tests/fixtures/{models,processing} (pinned transformers)\n  \
      parity [--full] [--keep] [FILTER]\n                              \
      ViT/CLIP parity tests; --full builds the full-size models first\n  \
@@ -479,6 +483,67 @@ fn parse_rows(text: &str) -> Vec<Row> {
             })
         })
         .collect()
+}
+
+/// Training throughput of the Fashion-MNIST ViT recipe: `glimpse train vit` and
+/// `benches/train_torch.py` from the same initial weights, `steps` optimizer steps each, back
+/// to back on the same threads (`GLIMPSE_BENCH_THREADS`, default 2). Needs the dataset.
+fn bench_compare_train(steps: Option<&str>) -> Result<(), String> {
+    let steps: u64 = steps
+        .unwrap_or("200")
+        .parse()
+        .map_err(|_| "bench-compare train [STEPS]: STEPS must be a number".to_string())?;
+    let threads = std::env::var("GLIMPSE_BENCH_THREADS").unwrap_or_else(|_| "2".into());
+    let python = torch_python()?;
+    run(cargo().args(["build", "--release", "--quiet", "-p", "glimpse"]))?;
+    let out = root().join("target/bench-train");
+    let _ = std::fs::remove_dir_all(&out);
+    let steps_s = steps.to_string();
+    let mut ours = Command::new(root().join("target/release/glimpse"));
+    ours.env("RAYON_NUM_THREADS", &threads).args([
+        "train",
+        "vit",
+        "--dataset",
+        "fashion-mnist",
+        "--out",
+        &out.display().to_string(),
+        "--max-steps",
+        &steps_s,
+        "--log-every",
+        &steps_s,
+        "--json",
+    ]);
+    let text = output(&mut ours)?;
+    let glimpse_sps = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["kind"] == "train")
+        .and_then(|v| v["samples_per_second"].as_f64())
+        .ok_or("glimpse printed no training metrics")?;
+    let mut torch = Command::new(&python);
+    torch.arg(root().join("benches/train_torch.py")).args([
+        "--threads",
+        &threads,
+        "--init",
+        &out.join("init.safetensors").display().to_string(),
+        "--max-steps",
+        &steps_s,
+        "--no-eval",
+    ]);
+    let text = output(&mut torch)?;
+    let torch_sps = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["summary"] == true)
+        .and_then(|v| v["images_per_second"].as_f64())
+        .ok_or("train_torch.py printed no summary")?;
+    println!("| workload | glimpse img/s | PyTorch img/s | glimpse / PyTorch |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| ViT Fashion-MNIST recipe, {steps} steps of batch 64, {threads} threads | {glimpse_sps:.0} | {torch_sps:.0} | {:.2}x |",
+        glimpse_sps / torch_sps
+    );
+    Ok(())
 }
 
 fn bench_compare(suite: &str, filter: Option<&str>) -> Result<(), String> {

@@ -201,6 +201,10 @@ impl RunFiles {
     pub fn metrics(&self) -> PathBuf {
         self.dir.join("metrics.jsonl")
     }
+    /// The weights the run started from, under their published names.
+    pub fn initial_weights(&self) -> PathBuf {
+        self.dir.join("init.safetensors")
+    }
     pub fn model_dir(&self) -> PathBuf {
         self.dir.join("model")
     }
@@ -331,8 +335,12 @@ impl<'a, T: Task> Trainer<'a, T> {
             step = loaded.state.step;
             truncate_metrics(&self.files.metrics(), step)?;
         } else {
-            // A fresh run starts a fresh metrics file.
+            // A fresh run starts a fresh metrics file, and records its initial weights (so
+            // that another framework can start from the very same ones).
             let _ = std::fs::remove_file(self.files.metrics());
+            let initial: Vec<(&str, &Tensor)> =
+                params.iter().map(|p| (p.name.as_str(), &p.value)).collect();
+            glimpse_tensor::safetensors::save(&initial, self.files.initial_weights(), None)?;
         }
         let mut metrics = MetricsLog::open(&self.files.metrics())?;
 

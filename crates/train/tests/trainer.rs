@@ -186,3 +186,39 @@ fn the_stop_flag_saves_a_checkpoint_and_resume_refuses_other_settings() {
     .to_string();
     assert!(err.contains("checkpoint.safetensors"), "{err}");
 }
+
+#[test]
+fn mixed_precision_runs_keep_f32_masters() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    fake_dataset(&data);
+    let task = task(&data);
+    for dtype in [glimpse_tensor::DType::BF16, glimpse_tensor::DType::F16] {
+        let dir = root.path().join(dtype.to_string());
+        let opts = TrainOptions {
+            compute_dtype: dtype,
+            epochs: 3,
+            ..options()
+        };
+        let out = Trainer::new(&task, opts, glimpse_cpu::device(), &dir)
+            .run(false, &mut Silent)
+            .unwrap();
+        assert!(matches!(out, Outcome::Finished { step: 18, .. }), "{out:?}");
+        let lines = metric_lines(&dir);
+        let losses: Vec<f64> = lines
+            .iter()
+            .filter(|v| v["kind"] == "train")
+            .map(|v| v["loss"].as_f64().unwrap())
+            .collect();
+        assert!(losses.iter().all(|l| l.is_finite()), "{dtype}: {losses:?}");
+        // Learning happens in half precision too.
+        assert!(losses.last() < losses.first(), "{dtype}: {losses:?}");
+        // Master weights (and the exported model) stay f32.
+        let f = SafeTensorsFile::read(dir.join("model/model.safetensors")).unwrap();
+        assert!(
+            f.names()
+                .iter()
+                .all(|n| f.info(n).unwrap().dtype.to_dtype() == Some(glimpse_tensor::DType::F32))
+        );
+    }
+}

@@ -77,42 +77,14 @@ pub fn layer_norm_backward_rows(
     );
     let chunk = simd::rows_per_task(cols) * cols;
     let block = |x: &[f32], g: &[f32], dx: &mut [f32]| {
-        let mut dw = vec![0f64; cols];
-        let mut db = vec![0f64; cols];
-        let mut xhat = vec![0f32; cols];
-        let inv_n = 1.0 / cols as f64;
-        for ((row, grow), drow) in x
-            .chunks_exact(cols)
-            .zip(g.chunks_exact(cols))
-            .zip(dx.chunks_exact_mut(cols))
-        {
-            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() * inv_n;
-            let var = row
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                * inv_n;
-            let rstd = 1.0 / (var + f64::from(eps)).sqrt();
-            let (mut m1, mut m2) = (0f64, 0f64);
-            for j in 0..cols {
-                let xh = (f64::from(row[j]) - mean) * rstd;
-                xhat[j] = xh as f32;
-                let gj = f64::from(grow[j]);
-                let dxh = weight.map_or(gj, |w| gj * f64::from(w[j]));
-                m1 += dxh;
-                m2 += dxh * xh;
-                dw[j] += gj * xh;
-                db[j] += gj;
-            }
-            m1 *= inv_n;
-            m2 *= inv_n;
-            for j in 0..cols {
-                let gj = f64::from(grow[j]);
-                let dxh = weight.map_or(gj, |w| gj * f64::from(w[j]));
-                drow[j] = (rstd * (dxh - m1 - f64::from(xhat[j]) * m2)) as f32;
-            }
-        }
-        (dw, db)
+        // Column sums in f32 within one task (a few hundred rows at most), in f64 across tasks.
+        let mut dw = vec![0f32; cols];
+        let mut db = vec![0f32; cols];
+        ln_backward_block(x, g, weight, eps, dx, &mut dw, &mut db, cols);
+        (
+            dw.into_iter().map(f64::from).collect::<Vec<_>>(),
+            db.into_iter().map(f64::from).collect::<Vec<_>>(),
+        )
     };
     let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
         a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
@@ -127,6 +99,68 @@ pub fn layer_norm_backward_rows(
             .zip(dx.par_chunks_mut(chunk))
             .map(|((x, g), dx)| block(x, g, dx))
             .reduce(|| (vec![0f64; cols], vec![0f64; cols]), add)
+    }
+}
+
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn ln_backward_block(
+        x: &[f32],
+        g: &[f32],
+        weight: Option<&[f32]>,
+        eps: f32,
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        cols: usize,
+    ) => ln_backward_block_impl;
+}
+
+/// One block of rows of the layer-norm backward: statistics by the forward's two passes, then
+/// `dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))` with `dxhat = g * weight`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn ln_backward_block_impl<const FMA: bool>(
+    x: &[f32],
+    g: &[f32],
+    weight: Option<&[f32]>,
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    cols: usize,
+) {
+    let inv_n = 1.0 / cols as f32;
+    for ((row, grow), drow) in x
+        .chunks_exact(cols)
+        .zip(g.chunks_exact(cols))
+        .zip(dx.chunks_exact_mut(cols))
+    {
+        let mean = simd::sum(row) * inv_n;
+        let mut var = 0.0f32;
+        for &v in row {
+            let d = v - mean;
+            var = simd::madd::<FMA>(d, d, var);
+        }
+        let rstd = 1.0 / (var * inv_n + eps).sqrt();
+        // drow holds dxhat for now.
+        let (mut m1, mut m2) = (0.0f32, 0.0f32);
+        for j in 0..cols {
+            let xh = (row[j] - mean) * rstd;
+            let gj = grow[j];
+            let dxh = weight.map_or(gj, |w| gj * w[j]);
+            drow[j] = dxh;
+            m1 += dxh;
+            m2 = simd::madd::<FMA>(dxh, xh, m2);
+            dw[j] = simd::madd::<FMA>(gj, xh, dw[j]);
+            db[j] += gj;
+        }
+        m1 *= inv_n;
+        m2 *= inv_n;
+        for j in 0..cols {
+            let xh = (row[j] - mean) * rstd;
+            drow[j] = rstd * (drow[j] - m1 - xh * m2);
+        }
     }
 }
 

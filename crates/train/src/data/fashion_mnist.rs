@@ -612,10 +612,15 @@ mod tests {
         }
     }
 
-    /// Reads the real dataset when Debian's package is installed; says it skipped otherwise.
+    /// Reads the real dataset when Debian's package is installed; says it skipped otherwise
+    /// (`GLIMPSE_REQUIRE_FASHION_MNIST=1`, set by CI, makes a missing dataset a failure).
     #[test]
     fn real_dataset_when_installed() {
         if !Path::new(DEFAULT_DIR).is_dir() {
+            assert!(
+                std::env::var("GLIMPSE_REQUIRE_FASHION_MNIST").as_deref() != Ok("1"),
+                "{DEFAULT_DIR} does not exist: apt install dataset-fashion-mnist"
+            );
             eprintln!("skipped: {DEFAULT_DIR} does not exist");
             return;
         }

@@ -179,6 +179,33 @@ impl ClipShapes {
     }
 }
 
+impl ClipShapes {
+    /// One PNG per held-out colour-shape pair (`a-red-square.png`), drawn from the held-out
+    /// split: images to try the model on.
+    fn write_examples(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut written = std::collections::HashSet::new();
+        for i in 0..self.held_out.len() {
+            let sample = self.held_out.sample(i);
+            let label = combination_label(sample.colour, sample.shape);
+            if !written.insert(label.clone()) {
+                continue;
+            }
+            let s = self.settings.image_size as u32;
+            let img = image::RgbImage::from_raw(s, s, sample.image)
+                .ok_or_else(|| Error::invalid("examples", "image size mismatch"))?;
+            let mut png = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .map_err(|e| Error::invalid("examples", e.to_string()))?;
+            super::write_atomic(&dir.join(format!("{}.png", label.replace(' ', "-"))), &png)?;
+            if written.len() == shapes::HELD_OUT.len() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn tokenize(tokenizer: &TextTokenizer, texts: &[&str]) -> Result<TokenizedBatch> {
     tokenizer
         .encode_batch(texts, Padding::Longest)
@@ -310,6 +337,7 @@ impl Task for ClipShapes {
         });
         let text = serde_json::to_string_pretty(&preprocessor)
             .map_err(|e| Error::invalid("export", e.to_string()))?;
-        super::write_atomic(&dir.join("preprocessor_config.json"), text.as_bytes())
+        super::write_atomic(&dir.join("preprocessor_config.json"), text.as_bytes())?;
+        self.write_examples(&dir.join("examples"))
     }
 }

@@ -22,8 +22,10 @@ pub struct VitFashionSettings {
     pub heads: usize,
     pub mlp_size: usize,
     pub label_smoothing: f64,
-    /// Random shifts (up to 2 pixels) and horizontal flips.
+    /// Random shifts (up to `max_shift` pixels) and horizontal flips.
     pub augment: bool,
+    /// The largest random shift in pixels (0: flips only).
+    pub max_shift: usize,
     /// Use only the first this many training images (0: all).
     pub train_limit: usize,
     /// Use only the first this many test images (0: all).
@@ -40,6 +42,7 @@ impl Default for VitFashionSettings {
             mlp_size: 128,
             label_smoothing: 0.1,
             augment: true,
+            max_shift: 2,
             train_limit: 0,
             test_limit: 0,
         }
@@ -130,7 +133,10 @@ impl Task for VitFashionMnist {
 
     fn batch_fn(&self) -> BatchFn<ImageBatch> {
         let train = self.train.clone();
-        let augment = self.settings.augment.then(|| Augment::new(self.seed));
+        let augment = self.settings.augment.then(|| Augment {
+            pad: self.settings.max_shift,
+            ..Augment::new(self.seed)
+        });
         Arc::new(move |epoch, indices| train.batch(indices, augment.as_ref(), epoch))
     }
 
