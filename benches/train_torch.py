@@ -59,7 +59,7 @@ DEFAULT_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 # Defaults: the recipe `glimpse train vit --dataset fashion-mnist` uses (see its vit_recipe):
 # patch 4, width 64, 4 layers, 4 heads, MLP 128, batch 64, AdamW lr 1e-3 -> 1e-5 with 500
-# warm-up steps, weight decay 0.05, label smoothing 0.1, clipping at 1.0, 10 epochs, flips only
+# warm-up steps, weight decay 0.05, label smoothing 0.1, clipping at 1.0, 20 epochs, flips only
 # (--shift 0). Start from glimpse's initial weights with --init RUN/init.safetensors.
 DEFAULTS = dict(
     patch_size=4,
@@ -67,7 +67,7 @@ DEFAULTS = dict(
     layers=4,
     heads=4,
     mlp=128,
-    epochs=10,
+    epochs=20,
     batch_size=64,
     lr=1e-3,
     min_lr=1e-5,

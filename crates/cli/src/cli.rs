@@ -194,6 +194,9 @@ pub struct TrainVitArgs {
     /// No random shifts and flips.
     #[arg(long)]
     pub no_augment: bool,
+    /// The largest random shift in pixels (0: flips only).
+    #[arg(long, value_name = "PX")]
+    pub max_shift: Option<usize>,
     /// Train on the first N images only.
     #[arg(long, value_name = "N")]
     pub train_limit: Option<usize>,
@@ -363,9 +366,10 @@ pub struct CommonArgs {
     .args(["labels", "labels_file"])))]
 pub struct ZeroShotArgs {
     /// The CLIP model directory: config.json, model.safetensors (or a sharded index) and
-    /// tokenizer.json; preprocessor_config.json if present.
+    /// tokenizer.json; preprocessor_config.json if present. Without it, the built-in tiny
+    /// CLIP trained on captioned shapes (colours, shapes, sizes, positions) with template {}.
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
 
     /// The images to classify (any format the image decoder reads: PNG, JPEG, ...).
     #[arg(value_name = "IMAGE", required = true)]
@@ -428,9 +432,10 @@ pub struct ClassifyArgs {
 #[command(group(ArgGroup::new("inputs").required(true).multiple(true).args(["images", "texts"])))]
 pub struct EmbedArgs {
     /// The CLIP model directory: config.json, model.safetensors (or a sharded index), and
-    /// tokenizer.json for --text; preprocessor_config.json if present.
+    /// tokenizer.json for --text; preprocessor_config.json if present. Without it, the
+    /// built-in tiny CLIP trained on captioned shapes.
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
 
     /// Images to embed (repeat the option or give several paths after it).
     #[arg(long = "image", value_name = "PATH", num_args = 1..)]

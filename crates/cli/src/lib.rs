@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod commands;
+mod embedded;
 mod error;
 mod inputs;
 mod model_dir;

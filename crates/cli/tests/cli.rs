@@ -895,3 +895,208 @@ fn help_has_examples() {
     let out = ok(&glimpse(["--help"]));
     assert!(out.contains("zero-shot") && out.contains("classify") && out.contains("embed"));
 }
+
+// ------------------------------------------------------------------------------------ train
+
+/// A small random stand-in for Fashion-MNIST in `dir` (images correlated with their labels).
+fn fake_fashion_mnist(dir: &Path) {
+    use glimpse_train::data::{FashionMnist, Split};
+    std::fs::create_dir_all(dir).unwrap();
+    for (split, n) in [(Split::Train, 64usize), (Split::Test, 16)] {
+        let labels: Vec<u8> = (0..n).map(|i| (i * 7 % 10) as u8).collect();
+        let images = labels
+            .iter()
+            .flat_map(|&l| {
+                (0..28 * 28).map(move |p| if p % 10 == usize::from(l) { 200 } else { 10 })
+            })
+            .collect();
+        FashionMnist {
+            images,
+            labels,
+            rows: 28,
+            cols: 28,
+        }
+        .save(dir, split, true)
+        .unwrap();
+    }
+}
+
+/// `glimpse train vit` flags for a tiny, fast model on the fake data.
+fn tiny_vit_args(data: &Path, out: &Path) -> Vec<String> {
+    [
+        "train",
+        "vit",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        &path_str(data),
+        "--out",
+        &path_str(out),
+        "--patch-size",
+        "7",
+        "--hidden",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--mlp",
+        "32",
+        "--batch-size",
+        "8",
+        "--log-every",
+        "1",
+        "--warmup-steps",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn train_vit_saves_on_ctrl_c_and_resumes() {
+    use std::io::BufRead;
+    let root = TempDir::new().unwrap();
+    let data = root.path().join("data");
+    fake_fashion_mnist(&data);
+    let out = root.path().join("run");
+    let mut args = tiny_vit_args(&data, &out);
+    args.extend(["--epochs", "400", "--json"].map(String::from));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once a few steps are logged.
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines {
+        let v = parse_json(&line.unwrap());
+        if v["kind"] == "train" && v["step"].as_u64() >= Some(3) {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    let ckpt = out.join("checkpoint.safetensors");
+    let state: Value = serde_json::from_str(
+        SafeTensorsFile::read(&ckpt).unwrap().metadata()["glimpse.train_state"].as_str(),
+    )
+    .unwrap();
+    let stopped_at = state["step"].as_u64().unwrap();
+    assert!(stopped_at >= 3);
+
+    // Resume with the same settings for two more steps.
+    let mut args = tiny_vit_args(&data, &out);
+    let until = (stopped_at + 2).to_string();
+    args.extend(["--epochs", "400", "--resume", "--max-steps", &until].map(String::from));
+    ok(&glimpse(&args));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(parse_json)
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=stopped_at + 2).collect();
+    assert_eq!(steps, expected, "one metrics line per step, none repeated");
+
+    // Other settings are refused.
+    let mut args = tiny_vit_args(&data, &out);
+    args.extend(["--epochs", "400", "--resume", "--lr", "0.5"].map(String::from));
+    fails(&glimpse(&args), 1, &["other settings"]);
+}
+
+#[test]
+fn train_reports_missing_data_and_bad_config_files() {
+    let root = TempDir::new().unwrap();
+    let out = root.path().join("run");
+    let mut args = tiny_vit_args(&root.path().join("nothing"), &out);
+    args.extend(["--epochs", "1"].map(String::from));
+    fails(
+        &glimpse(&args),
+        1,
+        &["apt install dataset-fashion-mnist", "--data-dir"],
+    );
+
+    let data = root.path().join("data");
+    fake_fashion_mnist(&data);
+    let config = root.path().join("config.json");
+    write_json(&config, &json!({ "options": { "epochz": 3 } }));
+    let mut args = tiny_vit_args(&data, &out);
+    args.extend(["--config".to_string(), path_str(&config)]);
+    fails(&glimpse(&args), 1, &["epochz", "config file"]);
+
+    // A good config file is used (one epoch of 8 steps).
+    write_json(
+        &config,
+        &json!({ "options": { "epochs": 1 }, "settings": { "max_shift": 1 } }),
+    );
+    let mut args = tiny_vit_args(&data, &out);
+    args.extend([
+        "--config".to_string(),
+        path_str(&config),
+        "--json".to_string(),
+    ]);
+    let text = ok(&glimpse(&args));
+    let evals: Vec<Value> = text
+        .lines()
+        .map(parse_json)
+        .filter(|v| v["kind"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 1);
+    assert_eq!(evals[0]["step"], 8);
+    for f in [
+        "model/config.json",
+        "model/model.safetensors",
+        "loss.png",
+        "eval.png",
+        "init.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+}
+
+// ------------------------------------------------------------------------- built-in model
+
+/// The README's main-job command: the built-in tiny CLIP (trained by `glimpse train clip` on
+/// the captioned shapes) on the example images the repository ships, which show colour-shape
+/// pairs it never saw in training.
+#[test]
+fn zero_shot_without_a_model_uses_the_built_in_tiny_clip() {
+    let cache = TempDir::new().unwrap();
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/examples");
+    let labels = [
+        "a red square",
+        "a red circle",
+        "a yellow circle",
+        "a blue square",
+    ];
+    let run = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_glimpse"));
+        cmd.env("GLIMPSE_CACHE_DIR", cache.path())
+            .arg("zero-shot")
+            .arg(examples.join("a-red-square.png"))
+            .arg(examples.join("a-yellow-circle.png"))
+            .arg("--labels")
+            .args(labels)
+            .arg("--json");
+        cmd.output().unwrap()
+    };
+    let v = parse_json(&ok(&run()));
+    let top = |i: usize| check_ranked(&v["results"][i], labels.len()).0[0].clone();
+    assert_eq!(top(0), "a red square", "{v}");
+    assert_eq!(top(1), "a yellow circle", "{v}");
+    // The files were written once to the cache and are reused.
+    let dirs: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    assert_eq!(dirs.len(), 1);
+    ok(&run());
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+}

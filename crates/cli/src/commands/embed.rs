@@ -28,7 +28,11 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
 
     check_output_path(&args.out)?;
     let needs_tokenizer = (!args.texts.is_empty()).then_some("to encode the texts (--text)");
-    let dir = ModelDir::open(&args.model, ModelKind::Clip, needs_tokenizer)?;
+    let model_path = match &args.model {
+        Some(p) => p.clone(),
+        None => crate::embedded::tiny_clip_dir()?,
+    };
+    let dir = ModelDir::open(&model_path, ModelKind::Clip, needs_tokenizer)?;
     Images::check_files(&args.images)?;
     let cfg = ClipConfig::from_file(dir.dir.join(CONFIG))
         .map_err(|e| dir.load_error(ModelKind::Clip, e))?;
@@ -103,7 +107,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         .collect();
     let metadata = HashMap::from([
         ("format".to_string(), "glimpse-embeddings".to_string()),
-        ("model".to_string(), args.model.display().to_string()),
+        ("model".to_string(), model_path.display().to_string()),
         ("dtype".to_string(), c.dtype.name().to_string()),
         ("normalized".to_string(), args.normalize.to_string()),
         ("image_paths".to_string(), to_json(&image_paths)),
@@ -129,7 +133,7 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         })
     };
     let doc = EmbedDoc {
-        run: RunInfo::new("embed", &args.model, c),
+        run: RunInfo::new("embed", &model_path, c),
         out: args.out.display().to_string(),
         normalized: args.normalize,
         image_embeds: summary(IMAGE_KEY, &image_embeds, &image_paths),

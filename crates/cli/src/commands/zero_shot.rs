@@ -25,6 +25,8 @@ pub fn run(args: &ZeroShotArgs) -> Result<()> {
     check_labels(&labels)?;
     let templates: Vec<String> = if args.ensemble {
         PROMPT_ENSEMBLE.iter().map(|t| t.to_string()).collect()
+    } else if args.templates.is_empty() && args.model.is_none() {
+        vec![crate::embedded::TEMPLATE.to_string()]
     } else if args.templates.is_empty() {
         vec![DEFAULT_TEMPLATE.to_string()]
     } else {
@@ -33,7 +35,11 @@ pub fn run(args: &ZeroShotArgs) -> Result<()> {
     check_templates(&templates)?;
     let top_k = args.top_k.map_or(5, |k| k as usize).min(labels.len());
 
-    let dir = ModelDir::open(&args.model, ModelKind::Clip, Some("to encode the labels"))?;
+    let model_path = match &args.model {
+        Some(p) => p.clone(),
+        None => crate::embedded::tiny_clip_dir()?,
+    };
+    let dir = ModelDir::open(&model_path, ModelKind::Clip, Some("to encode the labels"))?;
     Images::check_files(&args.images)?;
     let cfg = ClipConfig::from_file(dir.dir.join(CONFIG))
         .map_err(|e| dir.load_error(ModelKind::Clip, e))?;
@@ -90,7 +96,7 @@ pub fn run(args: &ZeroShotArgs) -> Result<()> {
 
     if c.json {
         runtime::print_stdout(&json_text(&RankedDoc {
-            run: RunInfo::new("zero-shot", &args.model, c),
+            run: RunInfo::new("zero-shot", &model_path, c),
             labels: Some(&labels),
             templates: Some(&templates),
             num_labels: None,
