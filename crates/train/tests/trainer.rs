@@ -222,3 +222,45 @@ fn mixed_precision_runs_keep_f32_masters() {
         );
     }
 }
+
+#[test]
+fn gradient_accumulation_matches_one_large_batch() {
+    // Two micro-batches of 8 per step see the same 16 samples (one permutation per epoch,
+    // augmentation keyed by sample) as one batch of 16: the runs agree up to summation order.
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    fake_dataset(&data);
+    let task = task(&data);
+    let run = |batch_size: usize, grad_accum: usize, name: &str| {
+        let dir = root.path().join(name);
+        let opts = TrainOptions {
+            batch_size,
+            grad_accum,
+            epochs: 1,
+            ..options()
+        };
+        let out = Trainer::new(&task, opts, glimpse_cpu::device(), &dir)
+            .run(false, &mut Silent)
+            .unwrap();
+        assert!(matches!(out, Outcome::Finished { step: 6, .. }), "{out:?}");
+        let f = SafeTensorsFile::read(dir.join("model/model.safetensors")).unwrap();
+        let mut names: Vec<String> = f.names().iter().map(|n| n.to_string()).collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| {
+                f.load(n, &glimpse_cpu::device())
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let big = run(16, 1, "big");
+    let accumulated = run(8, 2, "accumulated");
+    for (a, b) in big.iter().zip(&accumulated) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()), "{x} vs {y}");
+        }
+    }
+}
