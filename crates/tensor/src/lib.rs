@@ -23,6 +23,7 @@ pub mod compose;
 mod device;
 mod dtype;
 mod error;
+mod fs;
 mod layout;
 pub mod safetensors;
 mod shape;
@@ -37,6 +38,7 @@ pub use backend::{
 pub use device::Device;
 pub use dtype::{DType, HostSlice, HostVec, WithDType};
 pub use error::{Error, Result};
+pub use fs::write_atomic;
 pub use layout::{ContiguousRuns, Layout, StridedIndices};
 pub use shape::{Dim, Shape};
 pub use tensor::Tensor;

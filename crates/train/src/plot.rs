@@ -17,10 +17,8 @@
 //! # Ok::<(), glimpse_tensor::Error>(())
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write;
+use std::path::Path;
 
 use glimpse_tensor::{Error, Result};
 use image::{ImageEncoder, Rgb, RgbImage};
@@ -295,40 +293,17 @@ impl Chart {
     pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let img = self.render()?;
-        let name = path.file_name().ok_or_else(|| {
-            Error::invalid(
-                OP,
-                format!("cannot save a chart to {}: no file name", path.display()),
+        // Charts are small: encode in memory, then write the file atomically.
+        let mut png = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(
+                img.as_raw(),
+                img.width(),
+                img.height(),
+                image::ExtendedColorType::Rgb8,
             )
-        })?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp-{}-{n}", std::process::id()));
-        let tmp = dir.join(tmp_name);
-
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(path, e))?;
-        let written = write_png(file, &img, path)
-            .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        // Make the rename itself durable where the platform allows syncing a directory.
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+            .map_err(|e| Error::invalid(OP, format!("cannot encode PNG: {e}")))?;
+        glimpse_tensor::write_atomic(path, |f| f.write_all(&png))
     }
 
     /// The x range and the y range of the drawable points (y in data units, also on a log
@@ -459,28 +434,6 @@ impl Chart {
             canvas.text_clipped(x0 + pad + swatch + gap, ty, name, s, TEXT, &clip);
         }
     }
-}
-
-/// Encodes `img` as PNG into `file` and syncs it; errors name `target`, the file that
-/// `file` will become.
-fn write_png(file: File, img: &RgbImage, target: &Path) -> Result<()> {
-    let mut out = BufWriter::new(file);
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| match e {
-            image::ImageError::IoError(io) => Error::io(target, io),
-            other => Error::invalid(OP, format!("cannot encode PNG: {other}")),
-        })?;
-    out.flush().map_err(|e| Error::io(target, e))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| Error::io(target, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(target, e))
 }
 
 /// One tick on an axis: its position in axis units (log10 of the value on a log axis).
@@ -1114,6 +1067,7 @@ fn glyph(c: char) -> [u8; 9] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn sample_chart() -> Chart {
         let train: Vec<(f64, f64)> = (0..=200)

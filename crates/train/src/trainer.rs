@@ -695,14 +695,7 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(kept.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| Error::io(path, e))
+    glimpse_tensor::write_atomic(path, |f| f.write_all(kept.as_bytes()))
 }
 
 /// `DType` in run files as its name (`"f32"`, `"bf16"`, `"f16"`).

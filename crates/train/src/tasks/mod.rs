@@ -25,24 +25,10 @@ fn export_model(dir: &Path, config: &serde_json::Value, params: &[Param]) -> Res
     glimpse_tensor::safetensors::save(&tensors, dir.join("model.safetensors"), None)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, fsync and rename.
+/// Writes `bytes` to `path` atomically.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| Error::io(path, e))
+    glimpse_tensor::write_atomic(path, |f| f.write_all(bytes))
 }
 
 /// The number of rows of `logits` (N, C) whose arg-max equals the label.
