@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::autodiff::{self, Autodiff};
 use crate::checkpoint::{self, TrainState};
 use crate::data::{Loader, LoaderConfig, LoaderPosition};
-use crate::optim::{AdamW, AdamWConfig, LossScaler, Optimizer, Param};
+use crate::optim::{
+    AdamW, AdamWConfig, GradAccumulator, LossScaler, Optimizer, Param, compute_copies, grads_to_f32,
+};
 use crate::plot::{Chart, Series};
 use crate::schedule::LrSchedule;
 
@@ -463,18 +465,19 @@ impl<'a, T: Task> Trainer<'a, T> {
         lr: f64,
     ) -> Result<(f64, BatchStats, f64, bool)> {
         let o = &self.options;
-        let mut sum: Option<Vec<Option<Tensor>>> = None;
+        let mut accumulator = GradAccumulator::new();
         let mut loss_total = 0.0;
         let mut stats = BatchStats::default();
         for batch in micro {
-            let mut vars = std::collections::HashMap::with_capacity(params.len());
-            let mut order = Vec::with_capacity(params.len());
-            for p in params.iter() {
-                let v = Autodiff::var(ad, &p.value.to_dtype(o.compute_dtype)?)?;
-                order.push(v.clone());
-                vars.insert(p.name.clone(), v);
-            }
-            let vb = VarBuilder::from_tensors(vars, o.compute_dtype, ad);
+            let vars = compute_copies(params, o.compute_dtype)?
+                .iter()
+                .map(|v| Autodiff::var(ad, v))
+                .collect::<Result<Vec<_>>>()?;
+            let named = params
+                .iter()
+                .map(|p| p.name.clone())
+                .zip(vars.iter().cloned());
+            let vb = VarBuilder::from_tensors(named.collect(), o.compute_dtype, ad);
             let (loss, s) = self.task.loss(vb, batch)?;
             let loss = loss.to_dtype(DType::F32)?;
             loss_total += f64::from(loss.to_scalar::<f32>()?);
@@ -483,33 +486,14 @@ impl<'a, T: Task> Trainer<'a, T> {
                 *stats.correct.get_or_insert(0) += c;
             }
             let scaled = match scaler.as_deref() {
-                Some(sc) => loss.affine(sc.scale(), 0.0)?,
+                Some(sc) => sc.scale_loss(&loss)?,
                 None => loss,
             };
             let grads = autodiff::backward(&scaled)?;
-            let g: Vec<Option<Tensor>> = order
-                .iter()
-                .map(|v| grads.get(v).map(|g| g.to_dtype(DType::F32)).transpose())
-                .collect::<Result<_>>()?;
-            sum = Some(match sum {
-                None => g,
-                Some(prev) => prev
-                    .into_iter()
-                    .zip(g)
-                    .map(|(a, b)| match (a, b) {
-                        (Some(a), Some(b)) => Ok(Some(a.add(&b)?)),
-                        (a, b) => Ok(a.or(b)),
-                    })
-                    .collect::<Result<_>>()?,
-            });
+            accumulator.add(&grads_to_f32(&grads.get_all(&vars))?)?;
         }
         let n = micro.len() as f64;
-        let mut grads = sum.unwrap_or_default();
-        if micro.len() > 1 {
-            for g in grads.iter_mut().flatten() {
-                *g = g.affine(1.0 / n, 0.0)?;
-            }
-        }
+        let mut grads = accumulator.take_mean()?;
         let mut finite = true;
         if let Some(sc) = scaler {
             finite = sc.unscale(&mut grads)?;
