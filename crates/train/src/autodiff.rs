@@ -304,6 +304,15 @@ pub fn unwrap(t: &Tensor) -> Result<Tensor> {
     Tensor::from_storage(ad.inner.clone(), t.layout().clone(), inner)
 }
 
+/// `opts` with its key-padding mask moved to the wrapped device.
+fn inner_attention_options(opts: &AttentionOptions) -> Result<AttentionOptions> {
+    Ok(AttentionOptions {
+        scale: opts.scale,
+        causal: opts.causal,
+        key_padding_mask: opts.key_padding_mask.as_ref().map(unwrap).transpose()?,
+    })
+}
+
 fn ad_storage(s: &dyn BackendStorage) -> Result<&AutodiffStorage> {
     s.as_any().downcast_ref::<AutodiffStorage>().ok_or_else(|| {
         Error::invalid(
@@ -1155,11 +1164,7 @@ impl Backend for Autodiff {
         opts: &AttentionOptions,
     ) -> Result<AttentionOutput> {
         let (qi, ki, vi) = (unwrap(q)?, unwrap(k)?, unwrap(v)?);
-        let inner_opts = AttentionOptions {
-            scale: opts.scale,
-            causal: opts.causal,
-            key_padding_mask: opts.key_padding_mask.as_ref().map(unwrap).transpose()?,
-        };
+        let inner_opts = inner_attention_options(opts)?;
         let out = Tensor::attention(&qi, &ki, &vi, &inner_opts)?;
         let saved = out.clone();
         let rule: Rule = Box::new(move |g: &Tensor| {
@@ -1183,11 +1188,7 @@ impl Backend for Autodiff {
         if [q, k, v, d_out].into_iter().any(requires_grad) {
             return Err(unsupported_nested());
         }
-        let inner_opts = AttentionOptions {
-            scale: opts.scale,
-            causal: opts.causal,
-            key_padding_mask: opts.key_padding_mask.as_ref().map(unwrap).transpose()?,
-        };
+        let inner_opts = inner_attention_options(opts)?;
         let inner_out = AttentionOutput {
             out: unwrap(&out.out)?,
             lse: unwrap(&out.lse)?,
