@@ -171,25 +171,14 @@ fn apply_config_file<S: Serialize + DeserializeOwned>(
         }
         Ok(base)
     };
-    let to_value = |v: &dyn erased::Ser| v.to_json();
-    let options = merge(to_value(&options), obj.get("options"), "options")?;
-    let settings = merge(to_value(&settings), obj.get("settings"), "settings")?;
+    let options = serde_json::to_value(&options).map_err(|e| bad(e.to_string()))?;
+    let settings = serde_json::to_value(&settings).map_err(|e| bad(e.to_string()))?;
+    let options = merge(options, obj.get("options"), "options")?;
+    let settings = merge(settings, obj.get("settings"), "settings")?;
     Ok((
         serde_json::from_value(options).map_err(|e| bad(format!("options: {e}")))?,
         serde_json::from_value(settings).map_err(|e| bad(format!("settings: {e}")))?,
     ))
-}
-
-/// Serialization of the two settings types through one closure.
-mod erased {
-    pub trait Ser {
-        fn to_json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
-        }
-    }
 }
 
 fn apply_train_flags(args: &TrainArgs, o: &mut TrainOptions) -> Result<()> {
