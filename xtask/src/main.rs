@@ -514,11 +514,7 @@ fn bench_compare_train(steps: Option<&str>) -> Result<(), String> {
         "--json",
     ]);
     let text = output(&mut ours)?;
-    let glimpse_sps = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["kind"] == "train")
-        .and_then(|v| v["samples_per_second"].as_f64())
+    let glimpse_sps = json_line_number(&text, ("kind", "train"), "samples_per_second")
         .ok_or("glimpse printed no training metrics")?;
     let mut torch = Command::new(&python);
     torch.arg(root().join("benches/train_torch.py")).args([
@@ -531,11 +527,7 @@ fn bench_compare_train(steps: Option<&str>) -> Result<(), String> {
         "--no-eval",
     ]);
     let text = output(&mut torch)?;
-    let torch_sps = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["summary"] == true)
-        .and_then(|v| v["images_per_second"].as_f64())
+    let torch_sps = json_line_number(&text, ("summary", true), "images_per_second")
         .ok_or("train_torch.py printed no summary")?;
     println!("| workload | glimpse img/s | PyTorch img/s | glimpse / PyTorch |");
     println!("|---|---:|---:|---:|");
@@ -544,6 +536,19 @@ fn bench_compare_train(steps: Option<&str>) -> Result<(), String> {
         glimpse_sps / torch_sps
     );
     Ok(())
+}
+
+/// The number `field` of the first JSON line of `text` whose `key` equals `value`.
+fn json_line_number(
+    text: &str,
+    (key, value): (&str, impl Into<serde_json::Value>),
+    field: &str,
+) -> Option<f64> {
+    let value = value.into();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v[key] == value)
+        .and_then(|v| v[field].as_f64())
 }
 
 fn bench_compare(suite: &str, filter: Option<&str>) -> Result<(), String> {
