@@ -898,27 +898,16 @@ fn help_has_examples() {
 
 // ------------------------------------------------------------------------------------ train
 
-/// A small random stand-in for Fashion-MNIST in `dir` (images correlated with their labels).
+/// A small stand-in for Fashion-MNIST in `dir` (64 training, 16 test images).
 fn fake_fashion_mnist(dir: &Path) {
     use glimpse_train::data::{FashionMnist, Split};
     std::fs::create_dir_all(dir).unwrap();
-    for (split, n) in [(Split::Train, 64usize), (Split::Test, 16)] {
-        let labels: Vec<u8> = (0..n).map(|i| (i * 7 % 10) as u8).collect();
-        let images = labels
-            .iter()
-            .flat_map(|&l| {
-                (0..28 * 28).map(move |p| if p % 10 == usize::from(l) { 200 } else { 10 })
-            })
-            .collect();
-        FashionMnist {
-            images,
-            labels,
-            rows: 28,
-            cols: 28,
-        }
-        .save(dir, split, true)
+    FashionMnist::synthetic(64, 1)
+        .save(dir, Split::Train, true)
         .unwrap();
-    }
+    FashionMnist::synthetic(16, 2)
+        .save(dir, Split::Test, true)
+        .unwrap();
 }
 
 /// `glimpse train vit` flags for a tiny, fast model on the fake data.

@@ -10,34 +10,15 @@ use glimpse_train::data::{FashionMnist, Split};
 use glimpse_train::tasks::{VitFashionMnist, VitFashionSettings};
 use glimpse_train::trainer::{Observer, Outcome, Silent, TrainOptions, Trainer};
 
-/// A small random stand-in for Fashion-MNIST (96 training, 32 test images of 28x28).
+/// A small stand-in for Fashion-MNIST (96 training, 32 test images of 28x28).
 fn fake_dataset(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    for (split, n, seed) in [(Split::Train, 96usize, 1u32), (Split::Test, 32, 2)] {
-        let mut state = seed;
-        let mut next = || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 24) as u8
-        };
-        let labels: Vec<u8> = (0..n).map(|_| next() % 10).collect();
-        // Images correlated with their label, so that the loss can go down.
-        let images: Vec<u8> = labels
-            .iter()
-            .flat_map(|&l| {
-                (0..28 * 28)
-                    .map(|p| if p % 10 == usize::from(l) { 200 } else { 20 })
-                    .collect::<Vec<u8>>()
-            })
-            .collect();
-        FashionMnist {
-            images,
-            labels,
-            rows: 28,
-            cols: 28,
-        }
-        .save(dir, split, true)
+    FashionMnist::synthetic(96, 1)
+        .save(dir, Split::Train, true)
         .unwrap();
-    }
+    FashionMnist::synthetic(32, 2)
+        .save(dir, Split::Test, true)
+        .unwrap();
 }
 
 fn task(data: &Path) -> VitFashionMnist {

@@ -259,6 +259,28 @@ impl FashionMnist {
         self.labels[i]
     }
 
+    /// A learnable stand-in of `len` 28x28 images for tests and examples (write it out with
+    /// [`FashionMnist::save`]): seeded random labels, and every image bright (200) at the
+    /// pixels whose index is its label modulo 10, dark (20) elsewhere.
+    pub fn synthetic(len: usize, seed: u64) -> FashionMnist {
+        let mut rng = super::Rng::new(seed);
+        let labels: Vec<u8> = (0..len)
+            .map(|_| rng.below(NUM_CLASSES as u64) as u8)
+            .collect();
+        let images = labels
+            .iter()
+            .flat_map(|&l| {
+                (0..28 * 28).map(move |p| if p % 10 == usize::from(l) { 200 } else { 20 })
+            })
+            .collect();
+        FashionMnist {
+            images,
+            labels,
+            rows: 28,
+            cols: 28,
+        }
+    }
+
     /// The first `n` images only (all of them if there are fewer): quick runs and smoke tests.
     pub fn truncate(&mut self, n: usize) {
         let n = n.min(self.len());
