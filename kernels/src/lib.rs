@@ -51,8 +51,22 @@ pub const CUDA: &[KernelSource] = &[
     cuda!("contrastive.cu"),
 ];
 
-/// Every WGSL source.
-pub const WGSL: &[KernelSource] = &[];
+/// Declarations shared by every WGSL source (the parameter binding, strided-view helpers); the
+/// wgpu backend puts it after a type header and in front of each source.
+pub const WGSL_COMMON: &str = include_str!("../wgsl/common.wgsl");
+
+macro_rules! wgsl {
+    ($name:literal) => {
+        KernelSource {
+            name: $name,
+            language: Language::Wgsl,
+            source: include_str!(concat!("../wgsl/", $name)),
+        }
+    };
+}
+
+/// Every WGSL source, compiled by wgpu for the adapter at first use.
+pub const WGSL: &[KernelSource] = &[wgsl!("fill.wgsl"), wgsl!("copy.wgsl")];
 
 /// Looks a kernel source up by file name.
 pub fn find(name: &str) -> Option<&'static KernelSource> {

@@ -22,8 +22,9 @@ use cudarc::driver::DevicePtr;
 use glimpse_tensor::{BackendStorage, DType, Error, Layout, Result};
 
 use crate::backend::{CudaBackend, unsupported};
-use crate::klayout::{Merged, contiguous_strides};
+use crate::klayout::contiguous_strides;
 use crate::storage::{CudaStorage, with_data};
+use glimpse_tensor::merge::Merged;
 
 /// How cuBLAS reads one row-major operand of `rows x cols` with strides `(rs, cs)`: whether it
 /// transposes, and the leading dimension. `None` if neither reading works.

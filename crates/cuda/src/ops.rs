@@ -10,8 +10,9 @@ use glimpse_tensor::{
 use half::{bf16, f16};
 
 use crate::backend::{CudaBackend, drv, grid_for, unsupported};
-use crate::klayout::{KLayout, Merged, contiguous_strides};
+use crate::klayout::{KLayout, MergedExt, contiguous_strides};
 use crate::storage::{CudaData, CudaStorage, with_data};
+use glimpse_tensor::merge::Merged;
 
 /// The kernel-name suffix of a dtype.
 pub(crate) fn suffix(dtype: DType) -> &'static str {

@@ -239,6 +239,21 @@ pub struct PatchEmbedOptions {
     pub position_embedding: Option<Tensor>,
 }
 
+/// Gradients of patch embedding.
+#[derive(Clone, Debug)]
+pub struct PatchEmbedGrads {
+    /// `(B, C, H, W)`, when asked for (pixels no patch covers get zero).
+    pub d_images: Option<Tensor>,
+    /// `(E, C, P, P)`.
+    pub d_weight: Tensor,
+    /// `(E)`: the gradient of a bias (whether or not the embedding has one).
+    pub d_bias: Tensor,
+    /// `(E)`, when the options have a class embedding.
+    pub d_class: Option<Tensor>,
+    /// `(rows, E)`, when the options have a position embedding.
+    pub d_position: Option<Tensor>,
+}
+
 /// Output of the fused contrastive loss.
 #[derive(Clone, Debug)]
 pub struct ContrastiveOutput {
@@ -481,6 +496,18 @@ pub trait Backend: Send + Sync + Debug + 'static {
         opts: &PatchEmbedOptions,
     ) -> Result<Tensor> {
         compose::patch_embed(images, weight, bias, opts)
+    }
+    /// Gradients of [`Backend::patch_embed`] given the output's gradient `d_out`; the images'
+    /// gradient only when `need_images`. Half-precision inputs accumulate in f32.
+    fn patch_embed_backward(
+        &self,
+        images: &Tensor,
+        weight: &Tensor,
+        opts: &PatchEmbedOptions,
+        d_out: &Tensor,
+        need_images: bool,
+    ) -> Result<PatchEmbedGrads> {
+        compose::patch_embed_backward(images, weight, opts, d_out, need_images)
     }
     /// CLIP's symmetric cross-entropy over `scale * image @ text^T` with the diagonal as labels;
     /// `image` and `text` are `(N, D)`, `scale` a scalar tensor.

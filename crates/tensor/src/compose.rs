@@ -8,7 +8,7 @@ use crate::backend::{
     AttentionGrads, AttentionOptions, AttentionOutput, ContrastiveGrads, ContrastiveOutput,
     GeluKind, LayerNormGrads, PatchEmbedOptions,
 };
-use crate::{DType, Result, Tensor};
+use crate::{DType, PatchEmbedGrads, Result, Tensor};
 
 /// The dtype arithmetic happens in, and a closure that brings results back.
 fn upcast(x: &Tensor) -> Result<Tensor> {
@@ -362,5 +362,106 @@ pub fn contrastive_loss_backward(
         d_image: d_image.to_dtype(image.dtype())?,
         d_text: d_text.to_dtype(text.dtype())?,
         d_scale: d_scale.reshape(scale.shape())?.to_dtype(scale.dtype())?,
+    })
+}
+
+/// Half types compute gradients in f32.
+fn upcast_half(t: &Tensor) -> Result<Tensor> {
+    match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+        _ => Ok(t.clone()),
+    }
+}
+
+/// Patch-embedding gradients: the weight gradient is `d_out`'s patch rows (transposed) times
+/// the patches gathered as a matrix, the images' gradient the reverse product scattered back.
+pub fn patch_embed_backward(
+    images: &Tensor,
+    weight: &Tensor,
+    opts: &PatchEmbedOptions,
+    g: &Tensor,
+    need_images: bool,
+) -> Result<PatchEmbedGrads> {
+    let p = opts.patch_size;
+    let (b, c, h, w) = (
+        images.dims()[0],
+        images.dims()[1],
+        images.dims()[2],
+        images.dims()[3],
+    );
+    let (gh, gw) = (h / p, w / p);
+    let e = weight.dims()[0];
+    let np = gh * gw;
+    let first = usize::from(opts.class_embedding.is_some());
+    let g32 = upcast_half(g)?;
+    // g is (B, [1 +] np, E); the patch rows carry the convolution's gradient.
+    let gp = g32.narrow(1, first, np)?.reshape([b * np, e])?;
+    let x = upcast_half(images)?
+        .narrow(2, 0, gh * p)?
+        .narrow(3, 0, gw * p)?;
+    // (B, C, gh, P, gw, P) -> (B, gh, gw, C, P, P) -> (B*np, C*P*P)
+    let patches = x
+        .reshape([b, c, gh, p, gw, p])?
+        .permute(&[0, 2, 4, 1, 3, 5])?
+        .reshape([b * np, c * p * p])?;
+    let dw = gp
+        .t()?
+        .matmul(&patches)?
+        .reshape([e, c, p, p])?
+        .to_dtype(weight.dtype())?;
+    let db = gp.sum(0)?.to_dtype(weight.dtype())?;
+    let dimages = if need_images {
+        let w2 = upcast_half(weight)?.reshape([e, c * p * p])?;
+        let dp = gp
+            .matmul(&w2)?
+            .reshape([b, gh, gw, c, p, p])?
+            .permute(&[0, 3, 1, 4, 2, 5])?
+            .reshape([b, c, gh * p, gw * p])?;
+        // Pixels the convolution never reached get zero.
+        let dp = if gh * p < h || gw * p < w {
+            let rows = Tensor::cat(
+                &[
+                    &dp,
+                    &Tensor::zeros([b, c, gh * p, w - gw * p], dp.dtype(), g.device())?,
+                ],
+                3,
+            )?;
+            Tensor::cat(
+                &[
+                    &rows,
+                    &Tensor::zeros([b, c, h - gh * p, w], dp.dtype(), g.device())?,
+                ],
+                2,
+            )?
+        } else {
+            dp
+        };
+        Some(dp.to_dtype(images.dtype())?)
+    } else {
+        None
+    };
+    let dcls = match &opts.class_embedding {
+        Some(cls) => Some(
+            g32.narrow(1, 0, 1)?
+                .sum(0)?
+                .reshape(cls.shape().clone())?
+                .to_dtype(cls.dtype())?,
+        ),
+        None => None,
+    };
+    let dpos = match &opts.position_embedding {
+        Some(pos) => Some(
+            g32.sum(0)?
+                .reshape(pos.shape().clone())?
+                .to_dtype(pos.dtype())?,
+        ),
+        None => None,
+    };
+    Ok(PatchEmbedGrads {
+        d_images: dimages,
+        d_weight: dw,
+        d_bias: db,
+        d_class: dcls,
+        d_position: dpos,
     })
 }

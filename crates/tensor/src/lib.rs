@@ -25,6 +25,8 @@ mod dtype;
 mod error;
 mod fs;
 mod layout;
+pub mod merge;
+pub mod random;
 pub mod safetensors;
 mod shape;
 mod tensor;
@@ -32,7 +34,7 @@ mod var_builder;
 
 pub use backend::{
     AttentionGrads, AttentionOptions, AttentionOutput, Backend, BackendStorage, BinaryOp,
-    ContrastiveGrads, ContrastiveOutput, DeviceLocation, GeluKind, LayerNormGrads,
+    ContrastiveGrads, ContrastiveOutput, DeviceLocation, GeluKind, LayerNormGrads, PatchEmbedGrads,
     PatchEmbedOptions, ReduceOp, SharedBytes, Storage, UnaryOp,
 };
 pub use device::Device;

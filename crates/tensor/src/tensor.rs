@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::backend::{
     AttentionGrads, AttentionOptions, AttentionOutput, BinaryOp, ContrastiveGrads,
-    ContrastiveOutput, GeluKind, PatchEmbedOptions, ReduceOp, SharedBytes, Storage, UnaryOp,
+    ContrastiveOutput, GeluKind, PatchEmbedGrads, PatchEmbedOptions, ReduceOp, SharedBytes,
+    Storage, UnaryOp,
 };
 use crate::{DType, Device, Dim, Error, HostVec, Layout, Result, Shape, WithDType};
 
@@ -379,6 +380,20 @@ impl Tensor {
         check_dtype("to_vec", self, T::DTYPE)?;
         let host = self.to_host()?;
         T::from_host_vec(host).ok_or_else(|| Error::backend("download", "returned the wrong dtype"))
+    }
+
+    /// The tensor on `device` (itself when it is already there), copied through the host.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        if self.device().location() == device.location() {
+            return Ok(self.clone());
+        }
+        let host = self.to_host()?;
+        let storage = device.backend().upload(host.as_slice())?;
+        Tensor::from_storage(
+            storage,
+            Layout::contiguous(self.shape().clone()),
+            device.clone(),
+        )
     }
 
     /// Every element converted to `f64`, whatever the dtype.
@@ -1151,72 +1166,38 @@ impl Tensor {
         bias: Option<&Tensor>,
         opts: &PatchEmbedOptions,
     ) -> Result<Tensor> {
-        const OP: &str = "patch_embed";
-        check_float(OP, images)?;
-        let p = opts.patch_size;
-        if images.rank() != 4 {
-            return Err(Error::bad_shape(
-                OP,
-                "images must be (B, C, H, W)",
-                images.shape(),
-            ));
-        }
-        let [_, c, h, w] = [
-            images.dims()[0],
-            images.dims()[1],
-            images.dims()[2],
-            images.dims()[3],
-        ];
-        if c == 0 {
-            return Err(Error::bad_shape(
-                OP,
-                "images need at least one channel",
-                images.shape(),
-            ));
-        }
-        if p == 0 || h < p || w < p {
-            return Err(Error::bad_shape(
-                OP,
-                format!("patch size {p} does not fit the image"),
-                images.shape(),
-            ));
-        }
-        check_same_device(OP, images, weight)?;
-        check_same_dtype(OP, images, weight)?;
-        if weight.rank() != 4 || weight.dims()[1..] != [c, p, p] {
-            return Err(Error::bad_shape(
-                OP,
-                format!("weight must be (E, {c}, {p}, {p})"),
-                weight.shape(),
-            ));
-        }
-        let e = weight.dims()[0];
-        let rows = (h / p) * (w / p) + usize::from(opts.class_embedding.is_some());
-        let expect = |t: &Tensor, dims: &[usize], what: &str| -> Result<()> {
-            check_same_device(OP, images, t)?;
-            check_same_dtype(OP, images, t)?;
-            if t.dims() != dims {
-                return Err(Error::bad_shape(
-                    OP,
-                    format!("{what} must be {dims:?}"),
-                    t.shape(),
-                ));
-            }
-            Ok(())
-        };
-        if let Some(b) = bias {
-            expect(b, &[e], "bias")?;
-        }
-        if let Some(cls) = &opts.class_embedding {
-            expect(cls, &[e], "class embedding")?;
-        }
-        if let Some(pos) = &opts.position_embedding {
-            expect(pos, &[rows, e], "position embedding")?;
-        }
+        check_patch_embed_args("patch_embed", images, weight, bias, opts)?;
         images
             .device()
             .backend()
             .patch_embed(images, weight, bias, opts)
+    }
+
+    /// Gradients of [`Tensor::patch_embed`] given the output's gradient `d_out`
+    /// `(B, [1 +] (H/P)(W/P), E)`. The images' gradient is computed only when `need_images`.
+    pub fn patch_embed_backward(
+        images: &Tensor,
+        weight: &Tensor,
+        opts: &PatchEmbedOptions,
+        d_out: &Tensor,
+        need_images: bool,
+    ) -> Result<PatchEmbedGrads> {
+        const OP: &str = "patch_embed_backward";
+        let rows = check_patch_embed_args(OP, images, weight, None, opts)?;
+        check_same_device(OP, images, d_out)?;
+        check_same_dtype(OP, images, d_out)?;
+        let want = [images.dims()[0], rows, weight.dims()[0]];
+        if d_out.dims() != want {
+            return Err(Error::bad_shape(
+                OP,
+                format!("the output's gradient must be {want:?}"),
+                d_out.shape(),
+            ));
+        }
+        images
+            .device()
+            .backend()
+            .patch_embed_backward(images, weight, opts, d_out, need_images)
     }
 
     /// CLIP's contrastive loss: the mean of the cross-entropies of `scale * image @ text^T`
@@ -1395,4 +1376,76 @@ impl std::ops::Neg for &Tensor {
     fn neg(self) -> Result<Tensor> {
         Tensor::neg(self)
     }
+}
+
+/// Checks the arguments of patch embedding; returns the number of output rows.
+fn check_patch_embed_args(
+    op: &'static str,
+    images: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &PatchEmbedOptions,
+) -> Result<usize> {
+    check_float(op, images)?;
+    let p = opts.patch_size;
+    if images.rank() != 4 {
+        return Err(Error::bad_shape(
+            op,
+            "images must be (B, C, H, W)",
+            images.shape(),
+        ));
+    }
+    let [_, c, h, w] = [
+        images.dims()[0],
+        images.dims()[1],
+        images.dims()[2],
+        images.dims()[3],
+    ];
+    if c == 0 {
+        return Err(Error::bad_shape(
+            op,
+            "images need at least one channel",
+            images.shape(),
+        ));
+    }
+    if p == 0 || h < p || w < p {
+        return Err(Error::bad_shape(
+            op,
+            format!("patch size {p} does not fit the image"),
+            images.shape(),
+        ));
+    }
+    check_same_device(op, images, weight)?;
+    check_same_dtype(op, images, weight)?;
+    if weight.rank() != 4 || weight.dims()[1..] != [c, p, p] {
+        return Err(Error::bad_shape(
+            op,
+            format!("weight must be (E, {c}, {p}, {p})"),
+            weight.shape(),
+        ));
+    }
+    let e = weight.dims()[0];
+    let rows = (h / p) * (w / p) + usize::from(opts.class_embedding.is_some());
+    let expect = |t: &Tensor, dims: &[usize], what: &str| -> Result<()> {
+        check_same_device(op, images, t)?;
+        check_same_dtype(op, images, t)?;
+        if t.dims() != dims {
+            return Err(Error::bad_shape(
+                op,
+                format!("{what} must be {dims:?}"),
+                t.shape(),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(b) = bias {
+        expect(b, &[e], "bias")?;
+    }
+    if let Some(cls) = &opts.class_embedding {
+        expect(cls, &[e], "class embedding")?;
+    }
+    if let Some(pos) = &opts.position_embedding {
+        expect(pos, &[rows, e], "position embedding")?;
+    }
+    Ok(rows)
 }

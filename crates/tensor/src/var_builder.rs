@@ -82,23 +82,12 @@ impl Source {
                 let t = if t.device().same_device(device) {
                     t.clone()
                 } else {
-                    to_device(t, device)?
+                    t.to_device(device)?
                 };
                 t.to_dtype(dtype)
             }
         }
     }
-}
-
-/// Copies a tensor to another device through the host.
-fn to_device(t: &Tensor, device: &Device) -> Result<Tensor> {
-    let host = t.to_host()?;
-    let storage = device.backend().upload(host.as_slice())?;
-    Tensor::from_storage(
-        storage,
-        crate::Layout::contiguous(t.shape().clone()),
-        device.clone(),
-    )
 }
 
 type Predicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;

@@ -588,89 +588,6 @@ fn upcast(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn patch_embed_grads(
-    images: &Tensor,
-    weight: &Tensor,
-    opts: &PatchEmbedOptions,
-    g: &Tensor,
-    need_images: bool,
-) -> Result<[Option<Tensor>; 5]> {
-    let p = opts.patch_size;
-    let (b, c, h, w) = (
-        images.dims()[0],
-        images.dims()[1],
-        images.dims()[2],
-        images.dims()[3],
-    );
-    let (gh, gw) = (h / p, w / p);
-    let e = weight.dims()[0];
-    let np = gh * gw;
-    let first = usize::from(opts.class_embedding.is_some());
-    let g32 = upcast(g)?;
-    // g is (B, [1 +] np, E); the patch rows carry the convolution's gradient.
-    let gp = g32.narrow(1, first, np)?.reshape([b * np, e])?;
-    let x = upcast(images)?.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
-    // (B, C, gh, P, gw, P) -> (B, gh, gw, C, P, P) -> (B*np, C*P*P)
-    let patches = x
-        .reshape([b, c, gh, p, gw, p])?
-        .permute(&[0, 2, 4, 1, 3, 5])?
-        .reshape([b * np, c * p * p])?;
-    let dw = gp
-        .t()?
-        .matmul(&patches)?
-        .reshape([e, c, p, p])?
-        .to_dtype(weight.dtype())?;
-    let db = gp.sum(0)?.to_dtype(weight.dtype())?;
-    let dimages = if need_images {
-        let w2 = upcast(weight)?.reshape([e, c * p * p])?;
-        let dp = gp
-            .matmul(&w2)?
-            .reshape([b, gh, gw, c, p, p])?
-            .permute(&[0, 3, 1, 4, 2, 5])?
-            .reshape([b, c, gh * p, gw * p])?;
-        // Pixels the convolution never reached get zero.
-        let dp = if gh * p < h || gw * p < w {
-            let rows = Tensor::cat(
-                &[
-                    &dp,
-                    &Tensor::zeros([b, c, gh * p, w - gw * p], dp.dtype(), g.device())?,
-                ],
-                3,
-            )?;
-            Tensor::cat(
-                &[
-                    &rows,
-                    &Tensor::zeros([b, c, h - gh * p, w], dp.dtype(), g.device())?,
-                ],
-                2,
-            )?
-        } else {
-            dp
-        };
-        Some(dp.to_dtype(images.dtype())?)
-    } else {
-        None
-    };
-    let dcls = match &opts.class_embedding {
-        Some(cls) => Some(
-            g32.narrow(1, 0, 1)?
-                .sum(0)?
-                .reshape(cls.shape().clone())?
-                .to_dtype(cls.dtype())?,
-        ),
-        None => None,
-    };
-    let dpos = match &opts.position_embedding {
-        Some(pos) => Some(
-            g32.sum(0)?
-                .reshape(pos.shape().clone())?
-                .to_dtype(pos.dtype())?,
-        ),
-        None => None,
-    };
-    Ok([dimages, Some(dw), Some(db), dcls, dpos])
-}
-
 // ------------------------------------------------------------------------------ backend
 
 fn unsupported_nested() -> Error {
@@ -1234,17 +1151,16 @@ impl Backend for Autodiff {
         inputs.extend(opts.position_embedding.as_ref());
         let need_images = requires_grad(images);
         let rule: Rule = Box::new(move |g: &Tensor| {
-            let [di, dw, db, dcls, dpos] =
-                patch_embed_grads(&ii, &wi, &inner_opts, g, need_images)?;
-            let mut grads = vec![di, dw];
+            let pg = Tensor::patch_embed_backward(&ii, &wi, &inner_opts, g, need_images)?;
+            let mut grads = vec![pg.d_images, Some(pg.d_weight)];
             if has_bias {
-                grads.push(db);
+                grads.push(Some(pg.d_bias));
             }
             if has_cls {
-                grads.push(dcls);
+                grads.push(pg.d_class);
             }
             if has_pos {
-                grads.push(dpos);
+                grads.push(pg.d_position);
             }
             Ok(grads)
         });
