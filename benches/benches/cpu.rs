@@ -5,31 +5,15 @@
 //! * `elementwise`: layer norm, softmax, GELU.
 //!
 //! `cargo bench -p glimpse-benches --bench cpu [-- GROUP]`. The same workloads run side by side
-//! with PyTorch in `cargo xtask bench-compare cpu`.
+//! with PyTorch in `cargo xtask bench-compare cpu`, and on the wgpu device in `--bench wgpu`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// Which group a workload of `glimpse_benches::cpu_suite` belongs to.
-fn group_of(name: &str) -> &'static str {
-    match name.split_whitespace().next().unwrap_or_default() {
-        "matmul" => "matmul",
-        "attention" | "patch_embed" | "contrastive" => "fused",
-        _ => "elementwise",
-    }
-}
+#[path = "shared/groups.rs"]
+mod groups;
 
 fn bench(c: &mut Criterion) {
-    let device = glimpse_cpu::device();
-    let mut suite = glimpse_benches::cpu_suite(&device).expect("workloads build");
-    for group_name in ["matmul", "fused", "elementwise"] {
-        let mut group = c.benchmark_group(group_name);
-        group.sample_size(10);
-        for w in suite.iter_mut().filter(|w| group_of(&w.name) == group_name) {
-            let name = w.name.clone();
-            group.bench_function(&name, |b| b.iter(|| (w.run)().expect("workload runs")));
-        }
-        group.finish();
-    }
+    groups::bench_suite(c, "", &glimpse_cpu::device(), &|| Ok(()));
 }
 
 criterion_group!(benches, bench);

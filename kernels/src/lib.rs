@@ -66,7 +66,20 @@ macro_rules! wgsl {
 }
 
 /// Every WGSL source, compiled by wgpu for the adapter at first use.
-pub const WGSL: &[KernelSource] = &[wgsl!("fill.wgsl"), wgsl!("copy.wgsl")];
+pub const WGSL: &[KernelSource] = &[
+    wgsl!("attention.wgsl"),
+    wgsl!("attention_backward.wgsl"),
+    wgsl!("fill.wgsl"),
+    wgsl!("copy.wgsl"),
+    wgsl!("elementwise.wgsl"),
+    wgsl!("reduce.wgsl"),
+    wgsl!("indexing.wgsl"),
+    wgsl!("patch_embed.wgsl"),
+    wgsl!("contrastive.wgsl"),
+    wgsl!("matmul.wgsl"),
+    wgsl!("norm.wgsl"),
+    wgsl!("activation.wgsl"),
+];
 
 /// Looks a kernel source up by file name.
 pub fn find(name: &str) -> Option<&'static KernelSource> {

@@ -4,7 +4,9 @@
 //! the published key names, with inputs and the reference outputs
 //! (`tests/fixtures/generate/models.py`, run by `cargo xtask fixtures`). `cargo xtask parity
 //! --full` builds the full-size ViT-B/16 and CLIP ViT-B/32 the same way in a temp dir and
-//! runs the ignored `full_size_*` tests here against it (`GLIMPSE_PARITY_DIR`).
+//! runs the ignored `full_size_*` tests here against it (`GLIMPSE_PARITY_DIR`). The same
+//! checks run on the wgpu device (f32, and f16 where the adapter has it) against the same
+//! references and tolerances.
 //!
 //! Tolerances (max abs error against the f32 reference): f32 1e-4 everywhere (the issue's
 //! bar); the half-precision runs are checked against the same f32 reference with the bounds
@@ -24,31 +26,35 @@ fn tiny_root() -> PathBuf {
 
 struct Reference {
     file: SafeTensorsFile,
+    /// Where the reference tensors are read.
     device: Device,
+    /// Where the model runs: inputs are moved there.
+    target: Device,
 }
 
 impl Reference {
-    fn open(dir: &Path) -> Reference {
+    fn open(dir: &Path, target: &Device) -> Reference {
         let path = dir.join("reference.safetensors");
         let file = SafeTensorsFile::open(&path)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
         Reference {
             file,
             device: glimpse_cpu::device(),
+            target: target.clone(),
         }
     }
 
     /// A float input converted to `dtype`.
     fn input(&self, name: &str, dtype: DType) -> Tensor {
         self.file
-            .load_as(name, dtype, &self.device)
+            .load_as(name, dtype, &self.target)
             .unwrap_or_else(|e| panic!("reference input {name}: {e}"))
     }
 
     /// An integer input (int64 in the file) as u32.
     fn ids(&self, name: &str) -> Tensor {
         self.file
-            .load_as(name, DType::U32, &self.device)
+            .load_as(name, DType::U32, &self.target)
             .unwrap_or_else(|e| panic!("reference ids {name}: {e}"))
     }
 
@@ -98,11 +104,10 @@ fn half_tolerance(dtype: DType) -> f64 {
     }
 }
 
-fn check_vit_classifier(dir: &Path, dtype: DType) {
+fn check_vit_classifier(dir: &Path, dtype: DType, device: &Device) {
     let tol = half_tolerance(dtype);
-    let device = glimpse_cpu::device();
-    let model = ViTForImageClassification::from_pretrained(dir, dtype, &device).unwrap();
-    let r = Reference::open(dir);
+    let model = ViTForImageClassification::from_pretrained(dir, dtype, device).unwrap();
+    let r = Reference::open(dir, device);
     let pixels = r.input("pixel_values", dtype);
     let out = model.vit().forward(&pixels).unwrap();
     r.check("last_hidden_state", &out.last_hidden_state, tol);
@@ -121,11 +126,10 @@ fn check_vit_classifier(dir: &Path, dtype: DType) {
     }
 }
 
-fn check_vit_model(dir: &Path, dtype: DType) {
+fn check_vit_model(dir: &Path, dtype: DType, device: &Device) {
     let tol = half_tolerance(dtype);
-    let device = glimpse_cpu::device();
-    let model = ViTModel::from_pretrained(dir, dtype, &device).unwrap();
-    let r = Reference::open(dir);
+    let model = ViTModel::from_pretrained(dir, dtype, device).unwrap();
+    let r = Reference::open(dir, device);
     let out = model.forward(&r.input("pixel_values", dtype)).unwrap();
     r.check("last_hidden_state", &out.last_hidden_state, tol);
     r.check(
@@ -156,11 +160,10 @@ fn check_clip_text(model: &ClipModel, r: &Reference, ids: &Tensor, mask: &Tensor
     }
 }
 
-fn check_clip(dir: &Path, dtype: DType) {
+fn check_clip(dir: &Path, dtype: DType, device: &Device) {
     let tol = half_tolerance(dtype);
-    let device = glimpse_cpu::device();
-    let model = ClipModel::from_pretrained(dir, dtype, &device).unwrap();
-    let r = Reference::open(dir);
+    let model = ClipModel::from_pretrained(dir, dtype, device).unwrap();
+    let r = Reference::open(dir, device);
     let ids = r.ids("input_ids");
     let mask = r.ids("attention_mask");
     let pixels = r.input("pixel_values", dtype);
@@ -201,10 +204,9 @@ fn check_clip(dir: &Path, dtype: DType) {
     }
 }
 
-fn check_clip_text_only(dir: &Path, dtype: DType) {
-    let device = glimpse_cpu::device();
-    let model = ClipModel::from_pretrained(dir, dtype, &device).unwrap();
-    let r = Reference::open(dir);
+fn check_clip_text_only(dir: &Path, dtype: DType, device: &Device) {
+    let model = ClipModel::from_pretrained(dir, dtype, device).unwrap();
+    let r = Reference::open(dir, device);
     let (ids, mask) = (r.ids("input_ids"), r.ids("attention_mask"));
     check_clip_text(&model, &r, &ids, &mask, half_tolerance(dtype));
 }
@@ -215,7 +217,11 @@ const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 fn vit_classifier_matches_transformers() {
     for dtype in DTYPES {
         eprintln!("-- {dtype}");
-        check_vit_classifier(&tiny_root().join("vit-classifier-tiny"), dtype);
+        check_vit_classifier(
+            &tiny_root().join("vit-classifier-tiny"),
+            dtype,
+            &glimpse_cpu::device(),
+        );
     }
 }
 
@@ -223,7 +229,11 @@ fn vit_classifier_matches_transformers() {
 fn vit_base_model_with_pooler_matches_transformers() {
     for dtype in DTYPES {
         eprintln!("-- {dtype}");
-        check_vit_model(&tiny_root().join("vit-model-tiny"), dtype);
+        check_vit_model(
+            &tiny_root().join("vit-model-tiny"),
+            dtype,
+            &glimpse_cpu::device(),
+        );
     }
 }
 
@@ -231,7 +241,11 @@ fn vit_base_model_with_pooler_matches_transformers() {
 fn clip_matches_transformers() {
     for dtype in DTYPES {
         eprintln!("-- {dtype}");
-        check_clip(&tiny_root().join("clip-tiny"), dtype);
+        check_clip(
+            &tiny_root().join("clip-tiny"),
+            dtype,
+            &glimpse_cpu::device(),
+        );
     }
 }
 
@@ -239,7 +253,126 @@ fn clip_matches_transformers() {
 fn clip_legacy_eos_config_pools_at_the_largest_id() {
     for dtype in DTYPES {
         eprintln!("-- {dtype}");
-        check_clip_text_only(&tiny_root().join("clip-tiny-legacy-eos"), dtype);
+        check_clip_text_only(
+            &tiny_root().join("clip-tiny-legacy-eos"),
+            dtype,
+            &glimpse_cpu::device(),
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------- wgpu
+
+/// The wgpu device, or `None` with a printed reason (`GLIMPSE_REQUIRE_WGPU=1` fails instead).
+fn wgpu(test: &str) -> Option<Device> {
+    match glimpse_wgpu::device(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("GLIMPSE_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: GLIMPSE_REQUIRE_WGPU=1 but no wgpu adapter opens: {e}");
+            }
+            println!("skipping {test}: no wgpu adapter ({e})");
+            None
+        }
+    }
+}
+
+/// Serialises the wgpu tests of this file: one reads the device's queue counters.
+fn wgpu_serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The dtypes the wgpu device computes with (f16 only where the adapter has it).
+fn wgpu_dtypes() -> Vec<DType> {
+    let be = glimpse_wgpu::backend(0).expect("the device opened");
+    [DType::F32, DType::F16]
+        .into_iter()
+        .filter(|d| be.dtypes().contains(d))
+        .collect()
+}
+
+#[test]
+fn vit_on_wgpu_matches_transformers() {
+    let _serial = wgpu_serial();
+    let Some(device) = wgpu("vit_on_wgpu_matches_transformers") else {
+        return;
+    };
+    for dtype in wgpu_dtypes() {
+        eprintln!("-- wgpu {dtype}");
+        check_vit_classifier(&tiny_root().join("vit-classifier-tiny"), dtype, &device);
+        check_vit_model(&tiny_root().join("vit-model-tiny"), dtype, &device);
+    }
+}
+
+#[test]
+fn clip_on_wgpu_matches_transformers() {
+    let _serial = wgpu_serial();
+    let Some(device) = wgpu("clip_on_wgpu_matches_transformers") else {
+        return;
+    };
+    for dtype in wgpu_dtypes() {
+        eprintln!("-- wgpu {dtype}");
+        check_clip(&tiny_root().join("clip-tiny"), dtype, &device);
+        check_clip_text_only(&tiny_root().join("clip-tiny-legacy-eos"), dtype, &device);
+    }
+}
+
+/// A forward pass on the wgpu device records its dispatches without reading anything back:
+/// they go to the GPU in batches of 512 per submission, and the one read-back is the caller's.
+#[test]
+fn model_forwards_on_wgpu_submit_in_batches_and_never_read_back() {
+    let _serial = wgpu_serial();
+    let Some(device) = wgpu("model_forwards_on_wgpu_submit_in_batches_and_never_read_back") else {
+        return;
+    };
+    let be = glimpse_wgpu::backend(0).unwrap();
+    let vit_dir = tiny_root().join("vit-classifier-tiny");
+    let vit = ViTForImageClassification::from_pretrained(&vit_dir, DType::F32, &device).unwrap();
+    let pixels = Reference::open(&vit_dir, &device).input("pixel_values", DType::F32);
+    let clip_dir = tiny_root().join("clip-tiny");
+    let clip = ClipModel::from_pretrained(&clip_dir, DType::F32, &device).unwrap();
+    let r = Reference::open(&clip_dir, &device);
+    let (ids, mask, clip_pixels) = (
+        r.ids("input_ids"),
+        r.ids("attention_mask"),
+        r.input("pixel_values", DType::F32),
+    );
+    type Forward<'a> = Box<dyn Fn() -> Tensor + 'a>;
+    let runs: [(&str, Forward); 2] = [
+        ("ViT classifier", Box::new(|| vit.forward(&pixels).unwrap())),
+        (
+            "CLIP image + text",
+            Box::new(|| {
+                clip.forward(&clip_pixels, &ids, Some(&mask))
+                    .unwrap()
+                    .logits_per_image
+            }),
+        ),
+    ];
+    for (name, run) in runs {
+        run(); // compile the pipelines
+        be.synchronize().unwrap();
+        be.reset_stats();
+        let out = run();
+        let s = be.stats();
+        eprintln!(
+            "{name} forward: {} dispatches, {} submissions, {} read-backs",
+            s.dispatches, s.submissions, s.readbacks
+        );
+        assert_eq!(s.readbacks, 0, "{name}: no read-back inside the forward");
+        assert_eq!(
+            s.submissions,
+            s.dispatches / 512,
+            "{name}: full batches only"
+        );
+        out.to_host().unwrap();
+        let t = be.stats();
+        assert_eq!(
+            (t.readbacks, t.submissions),
+            (1, s.submissions + 1),
+            "{name}"
+        );
     }
 }
 
@@ -254,11 +387,19 @@ fn full_root() -> PathBuf {
 #[test]
 #[ignore = "full-size models; run by `cargo xtask parity --full`"]
 fn full_size_vit_base_patch16_224() {
-    check_vit_classifier(&full_root().join("vit-base-patch16-224"), DType::F32);
+    check_vit_classifier(
+        &full_root().join("vit-base-patch16-224"),
+        DType::F32,
+        &glimpse_cpu::device(),
+    );
 }
 
 #[test]
 #[ignore = "full-size models; run by `cargo xtask parity --full`"]
 fn full_size_clip_vit_base_patch32() {
-    check_clip(&full_root().join("clip-vit-base-patch32"), DType::F32);
+    check_clip(
+        &full_root().join("clip-vit-base-patch32"),
+        DType::F32,
+        &glimpse_cpu::device(),
+    );
 }

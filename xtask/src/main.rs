@@ -44,8 +44,12 @@ fn main() -> ExitCode {
                 bench_compare(suite, args.get(2).map(String::as_str))
             }
             Some("train") => bench_compare_train(args.get(2).map(String::as_str)),
+            Some(suite @ ("wgpu" | "wgpu-models")) => {
+                bench_compare_wgpu(suite, args.get(2).map(String::as_str))
+            }
             other => Err(format!(
-                "bench-compare: unknown suite {other:?}; available: cpu, models, train"
+                "bench-compare: unknown suite {other:?}; available: cpu, models, train, wgpu, \
+                 wgpu-models"
             )),
         },
         _ => Err(usage()),
@@ -65,6 +69,8 @@ fn usage() -> String {
      bench-compare cpu|models [FILTER]\n                              \
      glimpse vs PyTorch on the CPU kernels or whole models, side by side\n  \
      bench-compare train [STEPS]  ViT Fashion-MNIST training throughput vs PyTorch\n  \
+     bench-compare wgpu|wgpu-models [FILTER]\n                              \
+     the wgpu device vs the CPU backend on the same workloads\n  \
      fixtures                    regenerate tests/fixtures/{models,processing} (pinned transformers)\n  \
      parity [--full] [--keep] [FILTER]\n                              \
      ViT/CLIP parity tests; --full builds the full-size models first\n  \
@@ -613,6 +619,62 @@ fn bench_compare(suite: &str, filter: Option<&str>) -> Result<(), String> {
     }
     println!("\nPyTorch: {info}");
     println!("Ratios above 1 mean glimpse is faster. Medians of >= 5 runs after 2 warm-ups.");
+    Ok(())
+}
+
+/// The CPU suite (`wgpu`) or the model suite (`wgpu-models`) on the CPU backend and on the
+/// first wgpu adapter, one after the other, as one table with the queue traffic of a wgpu run.
+fn bench_compare_wgpu(suite: &str, filter: Option<&str>) -> Result<(), String> {
+    let cpu_suite = if suite == "wgpu" { "cpu" } else { "models" };
+    let bench = |name: &str| -> Result<String, String> {
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "glimpse-benches",
+            "--bin",
+            "bench-compare",
+            name,
+        ]);
+        cmd.args(filter);
+        output(&mut cmd)
+    };
+    let cpu = parse_rows(&bench(cpu_suite)?);
+    let gpu_text = bench(suite)?;
+    let gpu = parse_rows(&gpu_text);
+    println!(
+        "| workload | CPU backend ms | wgpu ms | CPU / wgpu | wgpu GFLOP/s | dispatches | submissions | read-backs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for g in &gpu {
+        let line = gpu_text
+            .lines()
+            .find(|l| field(l, "name") == Some(g.name.as_str()))
+            .unwrap_or_default();
+        let count = |k: &str| field(line, k).unwrap_or("-").to_string();
+        let (c_ms, ratio) = match cpu.iter().find(|c| c.name == g.name) {
+            Some(c) => (
+                format!("{:.3}", c.median_ms),
+                format!("{:.2}x", c.median_ms / g.median_ms),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {c_ms} | {:.3} | {ratio} | {} | {} | {} | {} |",
+            g.name,
+            g.median_ms,
+            gf(g.gflops),
+            count("dispatches"),
+            count("submissions"),
+            count("readbacks")
+        );
+    }
+    println!(
+        "\nRatios above 1 mean the wgpu device is faster. Medians of >= 5 runs after warm-up; \
+         each wgpu run waits for the device. Queue traffic: one run."
+    );
     Ok(())
 }
 

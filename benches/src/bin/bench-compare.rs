@@ -1,9 +1,12 @@
 //! `bench-compare SUITE [FILTER]` times every workload of a suite (`cpu`:
 //! `glimpse_benches::cpu_suite`, the kernels and ops; `models`: `glimpse_benches::model_suite`,
-//! whole ViT and CLIP forwards; `cuda`, with the `cuda` feature: the GPU kernels and a
-//! ViT-B/16 bf16 forward on the first CUDA device) and prints one JSON object per line:
-//! `{"name": ..., "median_ms": ..., "gflops": ...}`. Run through `cargo xtask bench-compare
-//! SUITE`, which puts PyTorch's figures for the same work beside these.
+//! whole ViT and CLIP forwards; `wgpu` and `wgpu-models`: the same two suites on the first
+//! wgpu adapter, each sample waiting for the device; `cuda`, with the `cuda` feature: the GPU
+//! kernels and a ViT-B/16 bf16 forward on the first CUDA device) and prints one JSON object
+//! per line: `{"name": ..., "median_ms": ..., "gflops": ...}` (wgpu rows add the dispatches,
+//! submissions and read-backs of one run). Run through `cargo xtask bench-compare SUITE`,
+//! which puts PyTorch's (or, for wgpu, the CPU backend's) figures for the same work beside
+//! these.
 
 fn main() {
     let suite_name = std::env::args().nth(1).unwrap_or_default();
@@ -27,6 +30,11 @@ fn main() {
             Some(sync) => glimpse_benches::median_ms_synced(&mut w.run, &**sync, inner, 5, 2.0),
             None => glimpse_benches::median_ms(&mut w.run, 5, 2.0),
         };
+        let traffic = if timed.is_ok() {
+            queue_traffic(&suite_name, &mut w.run)
+        } else {
+            String::new()
+        };
         match timed {
             Ok(ms) => {
                 let gflops = if w.flops > 0.0 {
@@ -35,7 +43,7 @@ fn main() {
                     0.0
                 };
                 println!(
-                    "{{\"name\": \"{}\", \"median_ms\": {ms:.4}, \"gflops\": {gflops:.2}}}",
+                    "{{\"name\": \"{}\", \"median_ms\": {ms:.4}, \"gflops\": {gflops:.2}{traffic}}}",
                     w.name
                 );
             }
@@ -49,6 +57,29 @@ fn main() {
     if failed {
         std::process::exit(1);
     }
+}
+
+/// For the wgpu suites: `, "dispatches": .., "submissions": .., "readbacks": ..` of one run
+/// followed by one wait for the device (empty for other suites).
+fn queue_traffic(suite: &str, run: &mut dyn FnMut() -> glimpse_tensor::Result<()>) -> String {
+    if !suite.starts_with("wgpu") {
+        return String::new();
+    }
+    let Ok(be) = glimpse_wgpu::backend(0) else {
+        return String::new();
+    };
+    if be.synchronize().is_err() {
+        return String::new();
+    }
+    be.reset_stats();
+    if run().and_then(|()| be.synchronize()).is_err() {
+        return String::new();
+    }
+    let s = be.stats();
+    format!(
+        ", \"dispatches\": {}, \"submissions\": {}, \"readbacks\": {}",
+        s.dispatches, s.submissions, s.readbacks
+    )
 }
 
 type Sync = Box<dyn Fn() -> glimpse_tensor::Result<()>>;
@@ -68,6 +99,19 @@ fn build(name: &str) -> Result<(Suite, Option<Sync>), String> {
             once(glimpse_benches::model_suite(&cpu).map_err(|e| e.to_string())?),
             None,
         )),
+        "wgpu" | "wgpu-models" => {
+            let device = glimpse_wgpu::device(0).map_err(|e| e.to_string())?;
+            let suite = if name == "wgpu" {
+                glimpse_benches::cpu_suite(&device)
+            } else {
+                glimpse_benches::model_suite(&device)
+            }
+            .map_err(|e| e.to_string())?;
+            Ok((
+                once(suite),
+                Some(Box::new(move || glimpse_wgpu::synchronize(&device))),
+            ))
+        }
         #[cfg(feature = "cuda")]
         "cuda" => {
             let device = glimpse_cuda::device(0).map_err(|e| e.to_string())?;
@@ -78,7 +122,7 @@ fn build(name: &str) -> Result<(Suite, Option<Sync>), String> {
             ))
         }
         other => Err(format!(
-            "unknown suite {other:?}; usage: bench-compare cpu|models{} [FILTER]",
+            "unknown suite {other:?}; usage: bench-compare cpu|models|wgpu|wgpu-models{} [FILTER]",
             if cfg!(feature = "cuda") { "|cuda" } else { "" }
         )),
     }

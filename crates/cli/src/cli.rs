@@ -291,7 +291,7 @@ pub enum DeviceArg {
     Cpu,
     /// The first NVIDIA GPU (with the cargo feature `cuda`).
     Cuda,
-    /// GPUs through wgpu (not built into this binary yet).
+    /// The first wgpu adapter: Vulkan, Metal or DX12 (the cargo feature `wgpu`, on by default).
     Wgpu,
 }
 
@@ -341,7 +341,7 @@ impl DeviceArg {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Common options")]
 pub struct CommonArgs {
-    /// Where the model runs (only cpu is built into this binary).
+    /// Where the model runs (cpu; wgpu and cuda when built in).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu, value_name = "DEVICE")]
     pub device: DeviceArg,
 

@@ -22,10 +22,10 @@ pub enum CliError {
         name: &'static str,
     },
     /// A backend that is built in but cannot open a device (no driver, no GPU).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
     #[error("cannot use the {name} device: {msg}")]
     DeviceUnavailable {
-        /// `cuda`.
+        /// `cuda` or `wgpu`.
         name: &'static str,
         /// Why, as the backend says it.
         msg: String,

@@ -8,8 +8,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::cli::DeviceArg;
 use crate::error::{CliError, Result};
 
-/// The device for `--device`. The CPU backend is always built in; CUDA with the cargo
-/// feature `cuda` (first GPU); a backend not built in is reported before anything is read.
+/// The device for `--device`. The CPU backend is always built in; wgpu with the default cargo
+/// feature `wgpu` (first adapter), CUDA with the feature `cuda` (first GPU); a backend not
+/// built in is reported before anything is read.
 pub fn device(arg: DeviceArg) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(glimpse_cpu::device()),
@@ -20,6 +21,12 @@ pub fn device(arg: DeviceArg) -> Result<Device> {
         }),
         #[cfg(not(feature = "cuda"))]
         DeviceArg::Cuda => Err(CliError::DeviceNotBuilt { name: "cuda" }),
+        #[cfg(feature = "wgpu")]
+        DeviceArg::Wgpu => glimpse_wgpu::device(0).map_err(|e| CliError::DeviceUnavailable {
+            name: "wgpu",
+            msg: e.to_string(),
+        }),
+        #[cfg(not(feature = "wgpu"))]
         DeviceArg::Wgpu => Err(CliError::DeviceNotBuilt { name: "wgpu" }),
     }
 }

@@ -86,17 +86,24 @@ impl ClipTextTransformer {
                 rhs: m.shape().clone(),
             });
         }
-        let ids = input_ids.to_vec::<u32>()?;
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "token id {bad} is outside the vocabulary of {}",
-                    self.vocab_size
-                ),
-            ));
+        // Where the ids are host memory (the CPU device), check them up front at no cost: a
+        // token outside the vocabulary, or a row without its end-of-text token, is an error
+        // naming it. On a GPU that would be a read-back inside the forward pass, so there the
+        // embedding lookup reports a bad id (with the next read-back) and the pooling position
+        // follows the reference's rule, argmax, as on the host.
+        if input_ids.device().location().backend == "cpu" {
+            let ids = input_ids.to_vec::<u32>()?;
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "token id {bad} is outside the vocabulary of {}",
+                        self.vocab_size
+                    ),
+                ));
+            }
+            self.check_eos(&ids, b, l)?;
         }
-        let eos_positions = self.eos_positions(&ids, b, l)?;
 
         // x is (B, L, E)
         let x = self.token_embedding.forward(input_ids)?;
@@ -108,13 +115,17 @@ impl ClipTextTransformer {
         let x = self.encoder.forward_masked(&x, &mask)?;
         let last_hidden_state = self.final_layer_norm.forward(&x)?;
 
-        // Rows b * L + eos_b of the flattened (B * L, E) states.
-        let rows: Vec<u32> = eos_positions
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| (i * l + p) as u32)
-            .collect();
-        let rows = Tensor::from_vec(rows, [b], last_hidden_state.device())?;
+        // Rows b * L + eos_b of the flattened (B * L, E) states, found on the device: the first
+        // largest id, or the first end-of-text token (argmax picks the first maximum).
+        let device = input_ids.device();
+        let eos_positions = match self.pooling {
+            EosPooling::LargestId => input_ids.argmax(1)?,
+            EosPooling::FirstEos(eos) => input_ids
+                .eq(&Tensor::from_vec(vec![eos], [1], device)?)?
+                .argmax(1)?,
+        };
+        let row_starts = Tensor::arange_step(0.0, (b * l) as f64, l as f64, DType::U32, device)?;
+        let rows = eos_positions.add(&row_starts)?;
         let e = last_hidden_state.dims()[2];
         let pooler_output = last_hidden_state
             .reshape([b * l, e])?
@@ -125,29 +136,20 @@ impl ClipTextTransformer {
         })
     }
 
-    /// The position each row is pooled at.
-    fn eos_positions(&self, ids: &[u32], b: usize, l: usize) -> Result<Vec<usize>> {
-        (0..b)
-            .map(|r| {
-                let row = &ids[r * l..(r + 1) * l];
-                match self.pooling {
-                    // The first maximum, as argmax picks it.
-                    EosPooling::LargestId => Ok(row
-                        .iter()
-                        .enumerate()
-                        .fold((0, 0), |best, (i, &id)| if id > best.1 { (i, id) } else { best })
-                        .0),
-                    EosPooling::FirstEos(eos) => row.iter().position(|&id| id == eos).ok_or_else(|| {
-                        Error::invalid(
-                            "CLIP text",
-                            format!(
-                                "sequence {r} has no end-of-text token (id {eos}); the text tower \
-                                 pools at it, so tokenize with the tokenizer's special tokens"
-                            ),
-                        )
-                    }),
-                }
-            })
-            .collect()
+    /// Every row has its end-of-text token where the pooling looks for it.
+    fn check_eos(&self, ids: &[u32], b: usize, l: usize) -> Result<()> {
+        let EosPooling::FirstEos(eos) = self.pooling else {
+            return Ok(());
+        };
+        match (0..b).find(|r| !ids[r * l..(r + 1) * l].contains(&eos)) {
+            None => Ok(()),
+            Some(r) => Err(Error::invalid(
+                "CLIP text",
+                format!(
+                    "sequence {r} has no end-of-text token (id {eos}); the text tower pools at \
+                     it, so tokenize with the tokenizer's special tokens"
+                ),
+            )),
+        }
     }
 }

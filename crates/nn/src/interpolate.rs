@@ -82,7 +82,7 @@ pub fn bicubic_resize_grid(
             }
         }
     }
-    Tensor::from_vec(out, [new_h * new_w, e], grid.device())?.to_dtype(grid.dtype())
+    Tensor::from_f64_slice(&out, [new_h * new_w, e], grid.dtype(), grid.device())
 }
 
 /// Position embeddings `(1 + rows, E)` for an image of `hw` pixels, from trained ones `pos`

@@ -221,6 +221,21 @@ impl HostVec {
         host_dispatch!(self, v => v.iter().map(|x| x.to_f64()).collect())
     }
 
+    /// `data` converted to `dtype` element by element (rounding to nearest; u32 truncates and
+    /// saturates), as a cast on the CPU would.
+    pub fn from_f64_slice(dtype: DType, data: &[f64]) -> HostVec {
+        fn conv<T: WithDType>(data: &[f64]) -> Vec<T> {
+            data.iter().map(|&v| T::from_f64(v)).collect()
+        }
+        match dtype {
+            DType::F16 => HostVec::F16(conv(data)),
+            DType::BF16 => HostVec::BF16(conv(data)),
+            DType::F32 => HostVec::F32(conv(data)),
+            DType::F64 => HostVec::F64(data.to_vec()),
+            DType::U32 => HostVec::U32(conv(data)),
+        }
+    }
+
     /// Decodes little-endian bytes of `dtype` into host data; the length must be a multiple of
     /// the element size.
     pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Option<HostVec> {

@@ -125,6 +125,29 @@ impl Tensor {
         })))
     }
 
+    /// A new tensor of `dtype` holding `data` converted on the host (so devices without `f64`
+    /// can be filled from values computed in `f64`).
+    pub fn from_f64_slice(
+        data: &[f64],
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.elem_count() != data.len() {
+            return Err(Error::ElementCount {
+                op: "from_f64_slice",
+                expected: shape.elem_count(),
+                got: data.len(),
+                shape,
+            });
+        }
+        check_supported("from_f64_slice", device, dtype)?;
+        let host = HostVec::from_f64_slice(dtype, data);
+        let storage = device.backend().upload(host.as_slice())?;
+        Tensor::contiguous_from(storage, shape, device)
+    }
+
     fn contiguous_from(storage: Storage, shape: Shape, device: &Device) -> Result<Tensor> {
         Tensor::from_storage(storage, Layout::contiguous(shape), device.clone())
     }

@@ -2,8 +2,15 @@
 //! CPU backend: a seeded generator, inputs built as the same view (permuted, narrowed,
 //! broadcast) on two devices, per-dtype tolerances and comparisons, and a proptest runner.
 //!
-//! A backend's tests add only how to open their device and which dtypes it holds; see
-//! `crates/cuda/tests/common` and `crates/wgpu/tests/common`.
+//! [`suite`] is the backend conformance suite built on them: every check takes a [`Target`]
+//! (the device under test and the dtypes it holds) and compares the device with the CPU
+//! backend. A backend's tests add only how to open their device and which dtypes it holds, and
+//! declare the suite's tests with [`primitives_tests!`], [`fused_tests!`] and
+//! [`compositions_tests!`]; see `crates/cuda/tests/common` and `crates/wgpu/tests/common`.
+
+pub mod suite;
+
+pub use suite::Target;
 
 use glimpse_tensor::{DType, Device, Tensor};
 use half::{bf16, f16};
@@ -102,6 +109,16 @@ impl Values {
 
 /// A tensor of `dtype` holding `data` converted with the `half` crate (u32 by `as`).
 pub fn tensor(data: &[f64], shape: &[usize], dtype: DType, dev: &Device) -> Tensor {
+    try_tensor(data, shape, dtype, dev).unwrap()
+}
+
+/// [`tensor`], or the device's error (a dtype it does not hold).
+pub fn try_tensor(
+    data: &[f64],
+    shape: &[usize],
+    dtype: DType,
+    dev: &Device,
+) -> glimpse_tensor::Result<Tensor> {
     let shape = shape.to_vec();
     match dtype {
         DType::F16 => Tensor::from_vec(
@@ -126,7 +143,6 @@ pub fn tensor(data: &[f64], shape: &[usize], dtype: DType, dev: &Device) -> Tens
             dev,
         ),
     }
-    .unwrap()
 }
 
 pub fn values(t: &Tensor) -> Vec<f64> {
@@ -300,9 +316,20 @@ pub fn broadcastable_to(out: &[usize], rng: &mut Gen) -> Vec<usize> {
 
 // ---------------------------------------------------------------------------------- checks
 
-/// Per-dtype relative tolerance of a device's results against the CPU's: f32 1e-5, f16 2e-3 (two ulps),
-/// bf16 1.6e-2 (two ulps), u32 exact. Both backends compute half types in f32 and round
-/// once, so they differ by at most one rounding of the output plus f32 arithmetic.
+/// The relative tolerance of each dtype, written down once (a device against the CPU backend,
+/// or the CPU backend against a naive f64 reference).
+///
+/// * `F64`: `1e-12`. Everything is computed in f64; results differ only by summation order and
+///   libm, a few thousand ulps (2.2e-16) at most.
+/// * `F32`: `1e-5` (about 80 ulps of 1.2e-7): f32 libm functions and f32 accumulation.
+/// * `F16`: `2e-3`, two ulps (eps 9.8e-4): inputs are exact f16 values, the arithmetic runs in
+///   f32 and the output is rounded once to f16 (half an ulp), plus the f32 error.
+/// * `BF16`: `1.6e-2`, two ulps (eps 7.8e-3), for the same reason.
+/// * `U32`: exact.
+///
+/// A value passes when `|got - want| <= tol * (|want| + scale)`, where `scale` is the size of
+/// the terms that went into it (1 for element-wise functions of O(1) values, `sum |x_i|` for
+/// sums and dot products), which turns the relative bound into an absolute one near zero.
 pub fn tol(dtype: DType) -> f64 {
     match dtype {
         DType::F64 => 1e-12,
@@ -314,7 +341,8 @@ pub fn tol(dtype: DType) -> f64 {
 }
 
 /// Compares element-wise: `|got - want| <= t * (|want| + scale)` (`scale` one value or one
-/// per element); NaN must meet NaN and infinities must be equal.
+/// per element: the size of the terms behind each element); NaN must meet NaN and infinities
+/// must be equal. `got` is the device's (or the backend's) result, `want` the reference.
 pub fn assert_close_scaled(got: &[f64], want: &[f64], scale: &[f64], t: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -328,9 +356,21 @@ pub fn assert_close_scaled(got: &[f64], want: &[f64], scale: &[f64], t: f64, wha
         };
         assert!(
             ok,
-            "{what}: element {i}: gpu {g}, cpu {w} (tol {t}, scale {s})\n gpu: {got:?}\n cpu: {want:?}"
+            "{what}: element {i}: got {g}, want {w} (tol {t}, scale {s})\n got: {}\nwant: {}",
+            around(got, i),
+            around(want, i)
         );
     }
+}
+
+/// `v` for a failure message: whole when short, else the 8 elements either side of `i`.
+fn around(v: &[f64], i: usize) -> String {
+    const SIDE: usize = 8;
+    if v.len() <= 4 * SIDE {
+        return format!("{v:?}");
+    }
+    let (lo, hi) = (i.saturating_sub(SIDE), (i + SIDE + 1).min(v.len()));
+    format!("[{lo}..{hi}] of {}: {:?}", v.len(), &v[lo..hi])
 }
 
 /// The GPU result has the CPU result's dims and dtype and its values within `tol(dtype)`

@@ -214,6 +214,27 @@ pub struct QueueStats {
     pub pool: PoolStats,
 }
 
+/// What a deferred device-side check reports when its cell is set.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum DeferredError {
+    /// An index op met an index `>= size`.
+    Index { op: &'static str, size: usize },
+    /// A u32 division met a zero divisor.
+    DivisionByZero,
+}
+
+/// A two-word cell a kernel fills on the device (`[position, value]`, `u32::MAX` while
+/// nothing is wrong), read with the next read-back.
+struct DeferredCheck {
+    cell: WgpuStorage,
+    what: DeferredError,
+    /// The thread whose op recorded it: its read-backs report it, other threads' do not.
+    thread: std::thread::ThreadId,
+}
+
+/// Checks waiting for a read-back before one is forced.
+const MAX_DEFERRED_CHECKS: usize = 1024;
+
 struct PendingDispatch {
     pipeline: wgpu::ComputePipeline,
     buffers: Vec<wgpu::Buffer>,
@@ -249,6 +270,10 @@ pub struct WgpuBackend {
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     pool: Arc<BufferPool>,
     batch: Mutex<Batch>,
+    /// Device-side checks (bad indices, zero divisors) not yet read back.
+    checks: Mutex<Vec<DeferredCheck>>,
+    /// Errors of set cells found by another thread's read-back, kept for their own thread.
+    resolved: Mutex<Vec<(std::thread::ThreadId, Error)>>,
     /// The first error wgpu reported outside an error scope (validation of a dispatch, a lost
     /// device), returned by the next op that submits.
     error: Arc<Mutex<Option<String>>>,
@@ -353,6 +378,8 @@ impl WgpuBackend {
             pipelines: Mutex::default(),
             pool: Arc::new(BufferPool::new(pool_mb << 20)),
             batch: Mutex::default(),
+            checks: Mutex::default(),
+            resolved: Mutex::default(),
             error,
             max_batch: AtomicU64::new(DEFAULT_MAX_BATCH as u64),
             poison: AtomicBool::new(env_flag("GLIMPSE_WGPU_POISON")),
@@ -533,24 +560,65 @@ impl WgpuBackend {
         )
     }
 
-    /// Submits the batch and reads `range` (bytes, word aligned) of `buffer` back.
+    /// Registers a check cell filled by dispatches already recorded: its error is returned by
+    /// the next read-back (or [`WgpuBackend::synchronize`]) of the same thread, which reads
+    /// the cell in the same copy. Ops never wait for the device to report bad input.
+    pub(crate) fn defer_check(&self, cell: WgpuStorage, what: DeferredError) -> Result<()> {
+        let full = {
+            let mut checks = lock(&self.checks);
+            checks.push(DeferredCheck {
+                cell,
+                what,
+                thread: std::thread::current().id(),
+            });
+            checks.len() >= MAX_DEFERRED_CHECKS
+        };
+        if full {
+            self.read_back(None).map(drop)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Submits the batch and reads `range` (bytes, word aligned) of `buffer` back, with every
+    /// pending check cell in the same copy; a set cell is returned as its error.
     pub(crate) fn download_bytes(
         &self,
         buffer: &wgpu::Buffer,
         range: std::ops::Range<u64>,
     ) -> Result<Vec<u8>> {
         debug_assert!(range.start.is_multiple_of(4) && range.end.is_multiple_of(4));
-        let size = range.end - range.start;
-        if size == 0 {
+        if range.is_empty() && lock(&self.checks).is_empty() {
             return Ok(Vec::new());
+        }
+        self.read_back(Some((buffer, range)))
+    }
+
+    fn read_back(&self, what: Option<(&wgpu::Buffer, std::ops::Range<u64>)>) -> Result<Vec<u8>> {
+        let me = std::thread::current().id();
+        self.take_resolved(me)?;
+        let checks = std::mem::take(&mut *lock(&self.checks));
+        let size = what.as_ref().map_or(0, |(_, r)| r.end - r.start);
+        let total = size + 8 * checks.len() as u64;
+        if total == 0 {
+            return self.synchronize_queue().map(|()| Vec::new());
         }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("glimpse read-back"),
-            size,
+            size: total,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.submit(|enc| enc.copy_buffer_to_buffer(buffer, range.start, &staging, 0, size))?;
+        self.submit(|enc| {
+            if let Some((buffer, range)) = &what
+                && size > 0
+            {
+                enc.copy_buffer_to_buffer(buffer, range.start, &staging, 0, size);
+            }
+            for (i, c) in checks.iter().enumerate() {
+                enc.copy_buffer_to_buffer(c.cell.buffer(), 0, &staging, size + 8 * i as u64, 8);
+            }
+        })?;
         self.readbacks.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -562,14 +630,51 @@ impl WgpuBackend {
         rx.recv()
             .map_err(|e| wgpu_err("reading back", e))?
             .map_err(|e| wgpu_err("mapping the read-back buffer", e))?;
-        let bytes = staging
+        let mut bytes = staging
             .get_mapped_range(..)
             .map_err(|e| wgpu_err("reading the read-back buffer", e))?
             .to_vec();
         staging.unmap();
         staging.destroy();
         self.take_error()?;
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let mut mine = None;
+        for (i, c) in checks.iter().enumerate() {
+            let at = size as usize + 8 * i;
+            if word(at) != u32::MAX {
+                let e = match c.what {
+                    DeferredError::Index { op, size } => Error::IndexOutOfRange {
+                        op,
+                        index: word(at + 4) as usize,
+                        size,
+                    },
+                    DeferredError::DivisionByZero => {
+                        Error::invalid("div", "integer division by zero")
+                    }
+                };
+                if c.thread == me {
+                    mine.get_or_insert(e);
+                } else {
+                    lock(&self.resolved).push((c.thread, e));
+                }
+            }
+        }
+        if let Some(e) = mine {
+            return Err(e);
+        }
+        bytes.truncate(size as usize);
         Ok(bytes)
+    }
+
+    /// The first error another thread's read-back found for thread `me`.
+    fn take_resolved(&self, me: std::thread::ThreadId) -> Result<()> {
+        let mut resolved = lock(&self.resolved);
+        match resolved.iter().position(|(t, _)| *t == me) {
+            Some(i) => Err(resolved.remove(i).1),
+            None => Ok(()),
+        }
     }
 
     // ------------------------------------------------------------------ kernels
@@ -702,7 +807,10 @@ impl WgpuBackend {
     /// (a copy for a read-back), and submits. Reports the first error wgpu raised since the
     /// last submission.
     pub(crate) fn submit(&self, then: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
-        let batch = std::mem::take(&mut *lock(&self.batch));
+        // The batch stays locked until it is on the queue: another thread's later batch must
+        // not reach the queue first (its dispatches may read what this one writes).
+        let mut pending = lock(&self.batch);
+        let batch = std::mem::take(&mut *pending);
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
@@ -752,12 +860,23 @@ impl WgpuBackend {
         }
         then(&mut encoder);
         self.queue.submit([encoder.finish()]);
+        drop(pending);
         self.submissions.fetch_add(1, Ordering::Relaxed);
         self.take_error()
     }
 
-    /// Submits pending work and waits until the device has finished it.
+    /// Submits pending work and waits until the device has finished it; reports the errors
+    /// of device-side checks (bad indices, zero divisors) recorded since the last read-back.
     pub fn synchronize(&self) -> Result<()> {
+        self.take_resolved(std::thread::current().id())?;
+        if lock(&self.checks).is_empty() {
+            self.synchronize_queue()
+        } else {
+            self.read_back(None).map(drop)
+        }
+    }
+
+    fn synchronize_queue(&self) -> Result<()> {
         self.submit(|_| {})?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())

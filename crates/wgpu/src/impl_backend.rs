@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use glimpse_tensor::{
     AttentionGrads, AttentionOptions, AttentionOutput, Backend, BackendStorage, BinaryOp,
-    ContrastiveGrads, ContrastiveOutput, DType, DeviceLocation, Error, GeluKind, HostSlice,
-    HostVec, LayerNormGrads, Layout, PatchEmbedGrads, PatchEmbedOptions, ReduceOp, Result, Storage,
-    Tensor, UnaryOp,
+    ContrastiveGrads, ContrastiveOutput, DType, DeviceLocation, GeluKind, HostSlice, HostVec,
+    LayerNormGrads, Layout, PatchEmbedGrads, PatchEmbedOptions, ReduceOp, Result, Storage, Tensor,
+    UnaryOp,
 };
 
 use crate::backend::WgpuBackend;
@@ -17,10 +17,6 @@ use crate::{attention, contrastive, matmul, norm, patch_embed};
 
 fn wrap(s: WgpuStorage) -> Storage {
     Arc::new(s)
-}
-
-fn todo_op(op: &str) -> Error {
-    Error::backend("wgpu", format!("{op} has no WGSL kernel yet"))
 }
 
 impl Backend for WgpuBackend {
@@ -74,49 +70,69 @@ impl Backend for WgpuBackend {
         self.op_copy_strided(wgpu_storage(src)?, layout).map(wrap)
     }
 
-    fn concat(&self, _parts: &[(&dyn BackendStorage, &Layout)], _dim: usize) -> Result<Storage> {
-        Err(todo_op("concat"))
+    fn concat(&self, parts: &[(&dyn BackendStorage, &Layout)], dim: usize) -> Result<Storage> {
+        let parts = parts
+            .iter()
+            .map(|&(s, l)| Ok((wgpu_storage(s)?, l)))
+            .collect::<Result<Vec<_>>>()?;
+        self.op_concat(&parts, dim).map(wrap)
     }
 
-    fn cast(&self, _src: &dyn BackendStorage, _layout: &Layout, _dtype: DType) -> Result<Storage> {
-        Err(todo_op("cast"))
+    fn cast(&self, src: &dyn BackendStorage, layout: &Layout, dtype: DType) -> Result<Storage> {
+        self.op_cast(wgpu_storage(src)?, layout, dtype).map(wrap)
     }
 
-    fn unary(&self, _op: UnaryOp, _src: &dyn BackendStorage, _layout: &Layout) -> Result<Storage> {
-        Err(todo_op("unary"))
+    fn unary(&self, op: UnaryOp, src: &dyn BackendStorage, layout: &Layout) -> Result<Storage> {
+        self.op_unary(op, wgpu_storage(src)?, layout).map(wrap)
     }
 
     fn binary(
         &self,
-        _op: BinaryOp,
-        _lhs: &dyn BackendStorage,
-        _lhs_layout: &Layout,
-        _rhs: &dyn BackendStorage,
-        _rhs_layout: &Layout,
+        op: BinaryOp,
+        lhs: &dyn BackendStorage,
+        lhs_layout: &Layout,
+        rhs: &dyn BackendStorage,
+        rhs_layout: &Layout,
     ) -> Result<Storage> {
-        Err(todo_op("binary"))
+        self.op_binary(
+            op,
+            wgpu_storage(lhs)?,
+            lhs_layout,
+            wgpu_storage(rhs)?,
+            rhs_layout,
+        )
+        .map(wrap)
     }
 
     fn where_cond(
         &self,
-        _cond: &dyn BackendStorage,
-        _cond_layout: &Layout,
-        _on_true: &dyn BackendStorage,
-        _true_layout: &Layout,
-        _on_false: &dyn BackendStorage,
-        _false_layout: &Layout,
+        cond: &dyn BackendStorage,
+        cond_layout: &Layout,
+        on_true: &dyn BackendStorage,
+        true_layout: &Layout,
+        on_false: &dyn BackendStorage,
+        false_layout: &Layout,
     ) -> Result<Storage> {
-        Err(todo_op("where_cond"))
+        self.op_where(
+            wgpu_storage(cond)?,
+            cond_layout,
+            wgpu_storage(on_true)?,
+            true_layout,
+            wgpu_storage(on_false)?,
+            false_layout,
+        )
+        .map(wrap)
     }
 
     fn reduce(
         &self,
-        _op: ReduceOp,
-        _src: &dyn BackendStorage,
-        _layout: &Layout,
-        _dim: usize,
+        op: ReduceOp,
+        src: &dyn BackendStorage,
+        layout: &Layout,
+        dim: usize,
     ) -> Result<Storage> {
-        Err(todo_op("reduce"))
+        self.op_reduce(op, wgpu_storage(src)?, layout, dim)
+            .map(wrap)
     }
 
     fn matmul(
@@ -137,37 +153,60 @@ impl Backend for WgpuBackend {
 
     fn index_select(
         &self,
-        _src: &dyn BackendStorage,
-        _src_layout: &Layout,
-        _ids: &dyn BackendStorage,
-        _ids_layout: &Layout,
-        _dim: usize,
+        src: &dyn BackendStorage,
+        src_layout: &Layout,
+        ids: &dyn BackendStorage,
+        ids_layout: &Layout,
+        dim: usize,
     ) -> Result<Storage> {
-        Err(todo_op("index_select"))
+        self.op_index_select(
+            wgpu_storage(src)?,
+            src_layout,
+            wgpu_storage(ids)?,
+            ids_layout,
+            dim,
+        )
+        .map(wrap)
     }
 
     fn gather(
         &self,
-        _src: &dyn BackendStorage,
-        _src_layout: &Layout,
-        _ids: &dyn BackendStorage,
-        _ids_layout: &Layout,
-        _dim: usize,
+        src: &dyn BackendStorage,
+        src_layout: &Layout,
+        ids: &dyn BackendStorage,
+        ids_layout: &Layout,
+        dim: usize,
     ) -> Result<Storage> {
-        Err(todo_op("gather"))
+        self.op_gather(
+            wgpu_storage(src)?,
+            src_layout,
+            wgpu_storage(ids)?,
+            ids_layout,
+            dim,
+        )
+        .map(wrap)
     }
 
     fn scatter_add(
         &self,
-        _dst: &dyn BackendStorage,
-        _dst_layout: &Layout,
-        _ids: &dyn BackendStorage,
-        _ids_layout: &Layout,
-        _src: &dyn BackendStorage,
-        _src_layout: &Layout,
-        _dim: usize,
+        dst: &dyn BackendStorage,
+        dst_layout: &Layout,
+        ids: &dyn BackendStorage,
+        ids_layout: &Layout,
+        src: &dyn BackendStorage,
+        src_layout: &Layout,
+        dim: usize,
     ) -> Result<Storage> {
-        Err(todo_op("scatter_add"))
+        self.op_scatter_add(
+            wgpu_storage(dst)?,
+            dst_layout,
+            wgpu_storage(ids)?,
+            ids_layout,
+            wgpu_storage(src)?,
+            src_layout,
+            dim,
+        )
+        .map(wrap)
     }
 
     // ----- fused ops (each module's functions say which have a kernel)

@@ -1,13 +1,20 @@
-//! Shared helpers of the CPU integration tests: a tiny deterministic RNG, naive f64 reference
-//! arrays with plain index arithmetic, inputs built as (possibly non-contiguous) views together
-//! with their reference values, and the per-dtype tolerances.
+//! Shared helpers of the CPU integration tests: naive f64 reference arrays with plain index
+//! arithmetic, inputs built as (possibly non-contiguous) views together with their reference
+//! values, and exact rounding to each dtype. The seeded generator, value distributions, view
+//! kinds, shapes, tolerances and comparisons are `glimpse-testkit`'s, shared with the other
+//! backends' tests.
 //!
-//! Every test file includes this module, and none uses all of it.
-#![allow(dead_code)]
+//! Every test file includes this module, and none uses all of it (nor all it re-exports).
+#![allow(dead_code, unused_imports)]
 
 use glimpse_tensor::{DType, Device, Tensor};
-use half::{bf16, f16};
+use half::bf16;
 use proptest::prelude::*;
+
+pub use glimpse_testkit::{
+    Gen, KINDS, Kind, Values, any_kind, any_shape, assert_close_scaled, broadcastable_to, shape_in,
+    tol, values,
+};
 
 pub fn dev() -> Device {
     glimpse_cpu::device()
@@ -15,70 +22,6 @@ pub fn dev() -> Device {
 
 pub const FLOATS: [DType; 4] = [DType::F16, DType::BF16, DType::F32, DType::F64];
 pub const ALL: [DType; 5] = DType::ALL;
-
-// ---------------------------------------------------------------------------------- rng
-
-/// SplitMix64: deterministic test data from a proptest-chosen seed.
-#[derive(Clone, Debug)]
-pub struct Gen(u64);
-
-impl Gen {
-    pub fn new(seed: u64) -> Self {
-        Gen(seed ^ 0x5851_f42d_4c95_7f2d)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    pub fn coin(&mut self) -> bool {
-        self.next_u64() & 1 == 1
-    }
-    pub fn perm(&mut self, n: usize) -> Vec<usize> {
-        let mut p: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            p.swap(i, self.below(i + 1));
-        }
-        p
-    }
-}
-
-/// How test values are drawn.
-#[derive(Clone, Copy, Debug)]
-pub enum Values {
-    /// Uniform in `[lo, hi)`.
-    Uniform(f64, f64),
-    /// Integers in `lo..=hi` (exact in every dtype, so ties and equalities happen).
-    Ints(i64, i64),
-    /// Magnitude uniform in `[lo, hi)` with a random sign (keeps divisors away from 0).
-    AwayFromZero(f64, f64),
-}
-
-impl Values {
-    pub fn draw(self, rng: &mut Gen) -> f64 {
-        match self {
-            Values::Uniform(lo, hi) => rng.range(lo, hi),
-            Values::Ints(lo, hi) => lo as f64 + rng.below((hi - lo + 1) as usize) as f64,
-            Values::AwayFromZero(lo, hi) => {
-                let m = rng.range(lo, hi);
-                if rng.coin() { m } else { -m }
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------- dtypes
 
@@ -132,36 +75,7 @@ pub fn representable(dtype: DType, v: &[f64]) -> Vec<f64> {
 /// A tensor of `dtype` holding exactly `data` (the caller makes the values representable; the
 /// conversion uses the `half` crate, not the library's cast).
 pub fn tensor(data: &[f64], shape: &[usize], dtype: DType) -> Tensor {
-    let d = dev();
-    let shape = shape.to_vec();
-    match dtype {
-        DType::F16 => Tensor::from_vec(
-            data.iter().map(|&x| f16::from_f64(x)).collect::<Vec<_>>(),
-            shape,
-            &d,
-        ),
-        DType::BF16 => Tensor::from_vec(
-            data.iter().map(|&x| bf16::from_f64(x)).collect::<Vec<_>>(),
-            shape,
-            &d,
-        ),
-        DType::F32 => Tensor::from_vec(
-            data.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-            shape,
-            &d,
-        ),
-        DType::F64 => Tensor::from_vec(data.to_vec(), shape, &d),
-        DType::U32 => Tensor::from_vec(
-            data.iter().map(|&x| x as u32).collect::<Vec<_>>(),
-            shape,
-            &d,
-        ),
-    }
-    .unwrap()
-}
-
-pub fn values(t: &Tensor) -> Vec<f64> {
-    t.to_f64_vec().unwrap()
+    glimpse_testkit::tensor(data, shape, dtype, &dev())
 }
 
 // ---------------------------------------------------------------------------------- tolerances
@@ -177,49 +91,7 @@ pub fn eps(dtype: DType) -> f64 {
     }
 }
 
-/// The relative tolerance of each dtype, written down once.
-///
-/// * `F64`: `1e-12`. Everything is computed in f64; the naive f64 reference and the backend
-///   differ only by summation order and libm, a few thousand ulps (2.2e-16) at most.
-/// * `F32`: `1e-5` (about 80 ulps of 1.2e-7): f32 libm functions and f32 accumulation.
-/// * `F16`: `2e-3`, two ulps (eps 9.8e-4): inputs are exact f16 values, the arithmetic runs in
-///   f32 and the output is rounded once to f16 (half an ulp), plus the f32 error.
-/// * `BF16`: `1.6e-2`, two ulps (eps 7.8e-3), for the same reason.
-/// * `U32`: exact.
-///
-/// A value passes when `|got - want| <= tol * (|want| + scale)`, where `scale` is the size of the
-/// terms that went into it (1 for element-wise functions of O(1) values, `sum |x_i|` for sums and
-/// dot products), which turns the relative bound into an absolute one near zero.
-pub fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::F64 => 1e-12,
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        DType::BF16 => 1.6e-2,
-        DType::U32 => 0.0,
-    }
-}
-
-/// Compares element-wise with [`tol`]; `scale[i]` (or a single shared value) is the size of the
-/// terms behind element `i`. NaNs must match NaNs and infinities must match exactly.
-pub fn assert_close_scaled(got: &[f64], want: &[f64], scale: &[f64], t: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let s = if scale.len() == 1 { scale[0] } else { scale[i] };
-        let ok = if w.is_nan() {
-            g.is_nan()
-        } else if w.is_infinite() {
-            g == w
-        } else {
-            (g - w).abs() <= t * (w.abs() + s)
-        };
-        assert!(
-            ok,
-            "{what}: element {i}: got {g}, want {w} (tol {t}, scale {s})\n got: {got:?}\nwant: {want:?}"
-        );
-    }
-}
-
+/// Compares element-wise with [`tol`] of `dtype`, scale 1 (see [`assert_close_scaled`]).
 pub fn assert_close(got: &[f64], want: &[f64], dtype: DType, what: &str) {
     assert_close_scaled(got, want, &[1.0], tol(dtype), what);
 }
@@ -312,48 +184,12 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {
 
 // ---------------------------------------------------------------------------------- inputs
 
-/// How an input tensor is laid out in memory.
-#[derive(Clone, Copy, Debug)]
-pub enum Kind {
-    Contiguous,
-    /// A permutation of a contiguous tensor.
-    Permuted,
-    /// A narrow (offset and gaps) of a larger tensor.
-    Narrowed,
-    /// Narrowed in every dimension after a permutation.
-    PermutedNarrowed,
-    /// Size-1 dimensions (and missing leading ones) stretched with stride 0.
-    Broadcast,
-}
-
-pub const KINDS: [Kind; 5] = [
-    Kind::Contiguous,
-    Kind::Permuted,
-    Kind::Narrowed,
-    Kind::PermutedNarrowed,
-    Kind::Broadcast,
-];
-
-pub fn any_kind() -> impl Strategy<Value = Kind> {
-    prop::sample::select(KINDS.to_vec())
-}
-
 pub fn any_float() -> impl Strategy<Value = DType> {
-    prop::sample::select(FLOATS.to_vec())
+    glimpse_testkit::any_of(&FLOATS)
 }
 
 pub fn any_dtype() -> impl Strategy<Value = DType> {
-    prop::sample::select(ALL.to_vec())
-}
-
-/// Shapes of rank `0..=4` with dimensions `0..6`.
-pub fn any_shape() -> impl Strategy<Value = Vec<usize>> {
-    prop::collection::vec(0usize..6, 0..=4)
-}
-
-/// Shapes of rank `lo..=hi` with dimensions `dlo..6`.
-pub fn shape_in(lo: usize, hi: usize, dlo: usize) -> impl Strategy<Value = Vec<usize>> {
-    prop::collection::vec(dlo..6usize, lo..=hi)
+    glimpse_testkit::any_of(&ALL)
 }
 
 /// A naive strided view: the reference for the library's layouts.
@@ -516,13 +352,4 @@ pub fn input(shape: &[usize], dtype: DType, kind: Kind, vals: Values, rng: &mut 
         t,
         nd: Nd::new(shape, r.values()),
     }
-}
-
-/// A shape that broadcasts to `out`: a suffix of it with some dimensions set to 1.
-pub fn broadcastable_to(out: &[usize], rng: &mut Gen) -> Vec<usize> {
-    let lead = rng.below(out.len() + 1);
-    out[lead..]
-        .iter()
-        .map(|&d| if rng.below(3) == 0 { 1 } else { d })
-        .collect()
 }

@@ -1,6 +1,7 @@
-//! Shared helpers of the CUDA tests: the device (or a one-line skip) and its dtypes; the rest
-//! (a deterministic RNG, inputs built as the same view on the CPU and on the GPU, tolerances,
-//! comparisons) is `glimpse-testkit`, shared with the other backends' tests.
+//! Shared helpers of the CUDA tests: the device (or a one-line skip), its dtypes and the
+//! [`target`] of the backend conformance suite; the rest (a deterministic RNG, inputs built as
+//! the same view on the CPU and on the GPU, tolerances, comparisons, the suite itself) is
+//! `glimpse-testkit`, shared with the other backends' tests.
 //!
 //! Every test file includes this module, and none uses all of it.
 #![allow(dead_code)]
@@ -47,6 +48,19 @@ pub fn gpu(test: &str) -> Option<Device> {
             None
         }
     }
+}
+
+/// The CUDA device as a target of the backend conformance suite (`glimpse_testkit::suite`):
+/// the GPU dtypes, the default head dims (those of the tensor-core attention kernels), default
+/// tolerances. `None` (skip) without a GPU, as [`gpu`]; under `GLIMPSE_CUDA_TESTS_ON_CPU=1` the
+/// CPU device with the CUDA dtypes.
+pub fn target(test: &str) -> Option<Target> {
+    let dev = gpu(test)?;
+    let name = match dev.location().backend {
+        "cuda" => "cuda".to_string(),
+        other => format!("{other} standing in for cuda"),
+    };
+    Some(Target::new(name, dev, &DTYPES))
 }
 
 /// Runs `test` on `cases` values of `strategy` on the GPU, or skips (see [`gpu`]).

@@ -1,6 +1,7 @@
-//! Shared helpers of the wgpu tests: the device (or a one-line skip) and its dtypes; the rest
-//! (a deterministic RNG, inputs built as the same view on the CPU and on the device,
-//! tolerances, comparisons) is `glimpse-testkit`, shared with the other backends' tests.
+//! Shared helpers of the wgpu tests: the device (or a one-line skip), its dtypes and the
+//! [`target`] of the backend conformance suite; the rest (a deterministic RNG, inputs built as
+//! the same view on the CPU and on the device, tolerances, comparisons, the suite itself) is
+//! `glimpse-testkit`, shared with the other backends' tests.
 //!
 //! Every test file includes this module, and none uses all of it.
 #![allow(dead_code)]
@@ -57,6 +58,20 @@ pub fn any_float() -> impl Strategy<Value = DType> {
 
 pub fn any_dtype() -> impl Strategy<Value = DType> {
     any_of(&dtypes())
+}
+
+/// The wgpu device as a target of the backend conformance suite (`glimpse_testkit::suite`):
+/// the adapter's dtypes ([`dtypes`]), default head dims and tolerances, poisoned allocations.
+/// On a software adapter (lavapipe, in CI) the large contrastive check runs at N = 2048, not
+/// 12 000 (5 minutes there). `None` (skip) without an adapter, as [`wgpu`].
+pub fn target(test: &str) -> Option<Target> {
+    let (dev, be) = wgpu(test)?;
+    let t = Target::new("wgpu", dev, &be.dtypes());
+    Some(if be.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        t.with_contrastive_large_n(2048)
+    } else {
+        t
+    })
 }
 
 /// Runs `test` on `cases` values of `strategy` on the device, or skips (see [`wgpu`]).
