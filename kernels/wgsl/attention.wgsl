@@ -101,6 +101,7 @@ fn attention_fwd(
     let t = tid % TR;
     let i = row0 + r;
 
+    // Not shared with attention_backward.wgsl's stage_*: other bindings, and bases hoisted here.
     // q rows of this (b, h): q[qb + n * qn + d * qd].
     let qb = p[P_Q] + b * p[P_Q + 1u] + h * p[P_Q + 2u];
     let qn = p[P_Q + 3u];

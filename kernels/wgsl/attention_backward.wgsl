@@ -114,6 +114,76 @@ fn in_window(i: u32, j: u32) -> bool {
     return p[4] == 0u || j + p[1] <= i + p[2];
 }
 
+// grad[row, d] = scale * acc for the columns d = t, t + TR, ... lane t owns.
+fn store_grad(row: u32, t: u32, acc: array<f32, MAX_ACC>, scale: f32) {
+    for (var c = 0u; c < NA_D; c++) {
+        let d = t + c * TR;
+        if (d < D) {
+            grad[row * D + d] = T(acc[c] * scale);
+        }
+    }
+}
+
+// Stages query rows i0.. of (b, h) into q_sh (BQ, D) and do_sh (BQ, DV), zero past Nq; `step`
+// is the workgroup size of the calling entry point.
+fn stage_queries(tid: u32, step: u32, b: u32, h: u32, i0: u32, nq: u32) {
+    for (var x = tid; x < BQ * D; x += step) {
+        let ii = x / D;
+        let d = x % D;
+        var val = 0.0;
+        if (i0 + ii < nq) {
+            val = f32(q[at4(P_Q, b, h, i0 + ii, d)]);
+        }
+        q_sh[ii * QS + d] = val;
+    }
+    for (var x = tid; x < BQ * DV; x += step) {
+        let ii = x / DV1;
+        let e = x % DV1;
+        var val = 0.0;
+        if (i0 + ii < nq) {
+            val = f32(dout[at4(P_DO, b, h, i0 + ii, e)]);
+        }
+        do_sh[ii * VS + e] = val;
+    }
+}
+
+// Stages keys k0.. of (b, h) into k_sh (BK, D) and v_sh (BK, DV), zero past Nk.
+fn stage_keys(tid: u32, step: u32, b: u32, h: u32, k0: u32, nk: u32) {
+    for (var x = tid; x < BK * D; x += step) {
+        let jj = x / D;
+        let d = x % D;
+        var val = 0.0;
+        if (k0 + jj < nk) {
+            val = f32(k[at4(P_K, b, h, k0 + jj, d)]);
+        }
+        k_sh[jj * QS + d] = val;
+    }
+    for (var x = tid; x < BK * DV; x += step) {
+        let jj = x / DV1;
+        let e = x % DV1;
+        var val = 0.0;
+        if (k0 + jj < nk) {
+            val = f32(v[at4(P_V, b, h, k0 + jj, e)]);
+        }
+        v_sh[jj * VS + e] = val;
+    }
+}
+
+// dS of staged query row ii against staged key row jj: P (dO . v - delta) with
+// P = e^{scale q . k - lse}; (P, dS) of a visible pair (the caller checks visibility).
+fn p_ds(ii: u32, jj: u32, scale: f32, lse_row: f32, delta_row: f32) -> vec2<f32> {
+    var s = 0.0;
+    for (var d = 0u; d < D; d++) {
+        s += q_sh[ii * QS + d] * k_sh[jj * QS + d];
+    }
+    let pv = exp(s * scale - lse_row);
+    var dp = 0.0;
+    for (var e = 0u; e < DV; e++) {
+        dp += do_sh[ii * VS + e] * v_sh[jj * VS + e];
+    }
+    return vec2<f32>(pv, pv * (dp - delta_row));
+}
+
 // attention_bwd_prep: one invocation per item. Items < B*H*Nq are query rows (b, h, i): delta =
 // sum_e dO * O over DV in f32 and the row's lse (+BIG for -inf, recognised by its exponent
 // bits) go to aux[2 row], aux[2 row + 1]. The next B*Nk items are keys (b, j): aux[2 B H Nq +
@@ -181,24 +251,7 @@ fn attention_bwd_dkdv(
     let t = tid % TR;
     let j = k0 + r;
 
-    for (var x = tid; x < BK * D; x += WG_K) {
-        let jj = x / D;
-        let d = x % D;
-        var val = 0.0;
-        if (k0 + jj < nk) {
-            val = f32(k[at4(P_K, b, h, k0 + jj, d)]);
-        }
-        k_sh[jj * QS + d] = val;
-    }
-    for (var x = tid; x < BK * DV; x += WG_K) {
-        let jj = x / DV1;
-        let e = x % DV1;
-        var val = 0.0;
-        if (k0 + jj < nk) {
-            val = f32(v[at4(P_V, b, h, k0 + jj, e)]);
-        }
-        v_sh[jj * VS + e] = val;
-    }
+    stage_keys(tid, WG_K, b, h, k0, nk);
     // Whether this invocation's key exists and the padding mask keeps it.
     var keep = false;
     if (j < nk) {
@@ -215,24 +268,7 @@ fn attention_bwd_dkdv(
     var dv_acc: array<f32, MAX_ACC>;
     for (var i0 = i_start; i0 < nq; i0 += BQ) {
         // Stage the query tile: q_sh (BQ, D), do_sh (BQ, DV), lse and delta; zero past Nq.
-        for (var x = tid; x < BQ * D; x += WG_K) {
-            let ii = x / D;
-            let d = x % D;
-            var val = 0.0;
-            if (i0 + ii < nq) {
-                val = f32(q[at4(P_Q, b, h, i0 + ii, d)]);
-            }
-            q_sh[ii * QS + d] = val;
-        }
-        for (var x = tid; x < BQ * DV; x += WG_K) {
-            let ii = x / DV1;
-            let e = x % DV1;
-            var val = 0.0;
-            if (i0 + ii < nq) {
-                val = f32(dout[at4(P_DO, b, h, i0 + ii, e)]);
-            }
-            do_sh[ii * VS + e] = val;
-        }
+        stage_queries(tid, WG_K, b, h, i0, nq);
         for (var x = tid; x < BQ; x += WG_K) {
             var l = BIG;
             var dl = 0.0;
@@ -250,16 +286,9 @@ fn attention_bwd_dkdv(
             var pv = 0.0;
             var ds = 0.0;
             if (keep && i0 + ii < nq && in_window(i0 + ii, j)) {
-                var s = 0.0;
-                for (var d = 0u; d < D; d++) {
-                    s += q_sh[ii * QS + d] * k_sh[r * QS + d];
-                }
-                pv = exp(s * scale - lse_sh[ii]);
-                var dp = 0.0;
-                for (var e = 0u; e < DV; e++) {
-                    dp += do_sh[ii * VS + e] * v_sh[r * VS + e];
-                }
-                ds = pv * (dp - delta_sh[ii]);
+                let pd = p_ds(ii, r, scale, lse_sh[ii], delta_sh[ii]);
+                pv = pd.x;
+                ds = pd.y;
             }
             p_k[r * PS_K + ii] = pv;
             ds_k[r * PS_K + ii] = ds;
@@ -293,12 +322,7 @@ fn attention_bwd_dkdv(
     if (j < nk) {
         // dk and dv are contiguous: row (b, h, j).
         let row = (b * heads + h) * nk + j;
-        for (var c = 0u; c < NA_D; c++) {
-            let d = t + c * TR;
-            if (d < D) {
-                grad[row * D + d] = T(dk_acc[c] * scale);
-            }
-        }
+        store_grad(row, t, dk_acc, scale);
         for (var c = 0u; c < NA_V; c++) {
             let e = t + c * TR;
             if (e < DV) {
@@ -331,24 +355,7 @@ fn attention_bwd_dq(
     let t = tid % TR;
     let i = row0 + r;
 
-    for (var x = tid; x < BQ * D; x += WG_Q) {
-        let ii = x / D;
-        let d = x % D;
-        var val = 0.0;
-        if (row0 + ii < nq) {
-            val = f32(q[at4(P_Q, b, h, row0 + ii, d)]);
-        }
-        q_sh[ii * QS + d] = val;
-    }
-    for (var x = tid; x < BQ * DV; x += WG_Q) {
-        let ii = x / DV1;
-        let e = x % DV1;
-        var val = 0.0;
-        if (row0 + ii < nq) {
-            val = f32(dout[at4(P_DO, b, h, row0 + ii, e)]);
-        }
-        do_sh[ii * VS + e] = val;
-    }
+    stage_queries(tid, WG_Q, b, h, row0, nq);
     let row = (b * heads + h) * nq + i;
     var lse_i = BIG;
     var delta_i = 0.0;
@@ -364,24 +371,7 @@ fn attention_bwd_dq(
     }
     var dq_acc: array<f32, MAX_ACC>;
     for (var k0 = 0u; k0 < kend; k0 += BK) {
-        for (var x = tid; x < BK * D; x += WG_Q) {
-            let jj = x / D;
-            let d = x % D;
-            var val = 0.0;
-            if (k0 + jj < nk) {
-                val = f32(k[at4(P_K, b, h, k0 + jj, d)]);
-            }
-            k_sh[jj * QS + d] = val;
-        }
-        for (var x = tid; x < BK * DV; x += WG_Q) {
-            let jj = x / DV1;
-            let e = x % DV1;
-            var val = 0.0;
-            if (k0 + jj < nk) {
-                val = f32(v[at4(P_V, b, h, k0 + jj, e)]);
-            }
-            v_sh[jj * VS + e] = val;
-        }
+        stage_keys(tid, WG_Q, b, h, k0, nk);
         for (var x = tid; x < BK; x += WG_Q) {
             var keep = 0.0;
             if (k0 + x < kend) {
@@ -394,16 +384,7 @@ fn attention_bwd_dq(
         for (var jj = t; jj < BK; jj += TR) {
             var ds = 0.0;
             if (keep_sh[jj] != 0.0 && i < nq && in_window(i, k0 + jj)) {
-                var s = 0.0;
-                for (var d = 0u; d < D; d++) {
-                    s += q_sh[r * QS + d] * k_sh[jj * QS + d];
-                }
-                let pv = exp(s * scale - lse_i);
-                var dp = 0.0;
-                for (var e = 0u; e < DV; e++) {
-                    dp += do_sh[r * VS + e] * v_sh[jj * VS + e];
-                }
-                ds = pv * (dp - delta_i);
+                ds = p_ds(r, jj, scale, lse_i, delta_i).y;
             }
             ds_q[r * PS_Q + jj] = ds;
         }
@@ -424,11 +405,6 @@ fn attention_bwd_dq(
     }
 
     if (i < nq) {
-        for (var c = 0u; c < NA_D; c++) {
-            let d = t + c * TR;
-            if (d < D) {
-                grad[row * D + d] = T(dq_acc[c] * scale);
-            }
-        }
+        store_grad(row, t, dq_acc, scale);
     }
 }

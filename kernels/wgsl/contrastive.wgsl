@@ -71,11 +71,13 @@ const NEG: f32 = -3.4028234e38;
 @group(0) @binding(4) var<storage, read> src2: array<u32>;
 @group(0) @binding(5) var<storage, read> src3: array<u32>;
 
+// contrastive_lse and contrastive_grad both read x and y at bindings 3 and 4.
+@group(0) @binding(3) var<storage, read> x_in: array<T>;
+@group(0) @binding(4) var<storage, read> y_in: array<T>;
+
 // contrastive_lse
 @group(0) @binding(1) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(2) var<storage, read_write> diag: array<f32>;
-@group(0) @binding(3) var<storage, read> lx: array<T>;
-@group(0) @binding(4) var<storage, read> ly: array<T>;
 @group(0) @binding(5) var<storage, read> lstats: array<f32>;
 
 // contrastive_loss
@@ -87,9 +89,7 @@ const NEG: f32 = -3.4028234e38;
 // contrastive_grad
 @group(0) @binding(1) var<storage, read_write> dx: array<T>;
 @group(0) @binding(2) var<storage, read_write> acc_g: array<f32>;
-@group(0) @binding(3) var<storage, read_write> part: array<f32>;
-@group(0) @binding(4) var<storage, read> gx: array<T>;
-@group(0) @binding(5) var<storage, read> gy: array<T>;
+@group(0) @binding(5) var<storage, read_write> part: array<f32>;
 @group(0) @binding(6) var<storage, read> gstats: array<f32>;
 
 // contrastive_dscale
@@ -165,6 +165,35 @@ fn tile_product(acc: ptr<function, array<f32, TM * TN>>, tx: u32, ty: u32) {
     }
 }
 
+// acc = the (i0.., j0..) tile of x @ y^T (zero outside N x N): xs[l][i] = x[i0 + i, d0 + l],
+// ys[l][j] = y[j0 + j, d0 + l] (d fastest) staged BK columns of D at a time.
+fn dot_tile(acc: ptr<function, array<f32, TM * TN>>, lid: vec3<u32>, i0: u32, j0: u32, N: u32, D: u32) {
+    let tid = lid.y * TX + lid.x;
+    for (var d0 = 0u; d0 < D; d0 += BK) {
+        workgroupBarrier();
+        for (var t = tid; t < XS; t += THREADS) {
+            let l = t % BK;
+            let i = t / BK;
+            var v = 0.0;
+            if i0 + i < N && d0 + l < D {
+                v = f32(x_in[view_at(2u, i0 + i, d0 + l)]);
+            }
+            xs[l * BM + i] = v;
+        }
+        for (var t = tid; t < YS; t += THREADS) {
+            let l = t % BK;
+            let j = t / BK;
+            var v = 0.0;
+            if j0 + j < N && d0 + l < D {
+                v = f32(y_in[view_at(5u, j0 + j, d0 + l)]);
+            }
+            ys[l * BN + j] = v;
+        }
+        workgroupBarrier();
+        tile_product(acc, lid.x, lid.y);
+    }
+}
+
 // Row log-sum-exps of S = scale * x @ y^T by row tiles (see the header).
 @compute @workgroup_size(TX, TY)
 fn contrastive_lse(
@@ -189,30 +218,7 @@ fn contrastive_lse(
         }
         for (var j0 = 0u; j0 < N; j0 += BN) {
             var acc: array<f32, TM * TN>;
-            for (var d0 = 0u; d0 < D; d0 += BK) {
-                workgroupBarrier();
-                // xs[l][i] = x[i0 + i, d0 + l], ys[l][j] = y[j0 + j, d0 + l] (d fastest).
-                for (var t = tid; t < XS; t += nt) {
-                    let l = t % BK;
-                    let i = t / BK;
-                    var v = 0.0;
-                    if i0 + i < N && d0 + l < D {
-                        v = f32(lx[view_at(2u, i0 + i, d0 + l)]);
-                    }
-                    xs[l * BM + i] = v;
-                }
-                for (var t = tid; t < YS; t += nt) {
-                    let l = t % BK;
-                    let j = t / BK;
-                    var v = 0.0;
-                    if j0 + j < N && d0 + l < D {
-                        v = f32(ly[view_at(5u, j0 + j, d0 + l)]);
-                    }
-                    ys[l * BN + j] = v;
-                }
-                workgroupBarrier();
-                tile_product(&acc, lid.x, lid.y);
-            }
+            dot_tile(&acc, lid, i0, j0, N, D);
             for (var r = 0u; r < TM; r++) {
                 let i = i0 + lid.y + r * TY;
                 for (var c = 0u; c < TN; c++) {
@@ -310,31 +316,9 @@ fn contrastive_grad(
         let i0 = rt * BM;
         var ds = 0.0;
         for (var j0 = 0u; j0 < N; j0 += BN) {
-            // The S tile, as in contrastive_lse.
+            // The dot-product tile, as in contrastive_lse.
             var acc: array<f32, TM * TN>;
-            for (var d0 = 0u; d0 < D; d0 += BK) {
-                workgroupBarrier();
-                for (var t = tid; t < XS; t += nt) {
-                    let l = t % BK;
-                    let i = t / BK;
-                    var v = 0.0;
-                    if i0 + i < N && d0 + l < D {
-                        v = f32(gx[view_at(2u, i0 + i, d0 + l)]);
-                    }
-                    xs[l * BM + i] = v;
-                }
-                for (var t = tid; t < YS; t += nt) {
-                    let l = t % BK;
-                    let j = t / BK;
-                    var v = 0.0;
-                    if j0 + j < N && d0 + l < D {
-                        v = f32(gy[view_at(5u, j0 + j, d0 + l)]);
-                    }
-                    ys[l * BN + j] = v;
-                }
-                workgroupBarrier();
-                tile_product(&acc, lid.x, lid.y);
-            }
+            dot_tile(&acc, lid, i0, j0, N, D);
             // wt[i][j] = W[i0 + i, j0 + j] (zero outside the matrix).
             workgroupBarrier();
             for (var r = 0u; r < TM; r++) {
@@ -362,7 +346,7 @@ fn contrastive_grad(
                     let l = t / BN;
                     var v = 0.0;
                     if j0 + l < N && c0 + d < D {
-                        v = f32(gy[view_at(5u, j0 + l, c0 + d)]);
+                        v = f32(y_in[view_at(5u, j0 + l, c0 + d)]);
                     }
                     yc[l * BN + d] = v;
                 }

@@ -47,62 +47,9 @@ override WG: u32 = 256u;
 @group(0) @binding(3) var<storage, read> on_true: array<T>;
 @group(0) @binding(4) var<storage, read> on_false: array<T>;
 
-// The element types, as constants the compiler folds: whether T / U are floats, and whether U is
-// f16 (2049 is not an f16 value).
-const T_FLOAT: bool = T(0.5) != T(0.0);
-const U_FLOAT: bool = U(0.5) != U(0.0);
-const U_HALF: bool = f32(U(2049.0)) != 2049.0;
-
 // ------------------------------------------------------------------ shared helpers
-
-// Storage index of element i of the view at word `at`: rank-0 and rank-1 views (contiguous,
-// broadcast or evenly strided after merging) skip the div/mod walk of `strided_index`.
-fn vidx(at: u32, i: u32) -> u32 {
-    let rank = p[at];
-    if (rank == 1u) {
-        return p[at + 1u] + i * p[at + 3u];
-    }
-    if (rank == 0u) {
-        return p[at + 1u];
-    }
-    return strided_index(at, i);
-}
-
-fn is_nan(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
-}
-
-// NaN and +infinity built at run time (a constant NaN or infinity is a shader-creation error).
-fn nan_f32() -> f32 {
-    var bits = 0x7fc00000u;
-    return bitcast<f32>(bits);
-}
-
-fn inf_f32() -> f32 {
-    var bits = 0x7f800000u;
-    return bitcast<f32>(bits);
-}
-
-// |x| with the sign of s (bitwise, so -0 and NaN signs carry over).
-fn copysign(x: f32, s: f32) -> f32 {
-    return bitcast<f32>((bitcast<u32>(x) & 0x7fffffffu) | (bitcast<u32>(s) & 0x80000000u));
-}
-
-// y rounded to the nearest f16 value (ties to even; subnormals kept; |y| >= 65520 becomes
-// infinity), as an f32 that converts to f16 exactly.
-fn round_f16(y: f32) -> f32 {
-    let a = abs(y);
-    if (!(a < 65520.0)) {
-        if (is_nan(y)) {
-            return y;
-        }
-        return copysign(inf_f32(), y);
-    }
-    // The f16 spacing at a: 2^(e - 10) with e the exponent of a, at least -14 (subnormals).
-    let e = max(i32((bitcast<u32>(a) >> 23u) & 0xffu) - 127, -14);
-    let r = ldexp(round(ldexp(a, 10 - e)), e - 10);
-    return copysign(r, y);
-}
+// (vidx, T_FLOAT / U_FLOAT / U_HALF, is_nan, nan_f32, inf_f32, copysign and round_f16 are in
+// common.wgsl.)
 
 // An f32 result in the output type: rounded to nearest even for f16 (see round_f16).
 fn to_u(y: f32) -> U {

@@ -58,22 +58,6 @@ override WG: u32 = 256u;
 @group(0) @binding(1) var<storage, read_write> err_cell: array<atomic<u32>>;
 @group(0) @binding(2) var<storage, read> vals: array<u32>;
 
-// Whether T is a float, and whether it is f16 (2049 is not an f16 value).
-const T_FLOAT: bool = T(0.5) != T(0.0);
-const T_HALF: bool = f32(T(2049.0)) != 2049.0;
-
-// Storage index of element i of the view at word `at` (rank 0 and 1 without a div/mod walk).
-fn vidx(at: u32, i: u32) -> u32 {
-    let rank = p[at];
-    if (rank == 1u) {
-        return p[at + 1u] + i * p[at + 3u];
-    }
-    if (rank == 0u) {
-        return p[at + 1u];
-    }
-    return strided_index(at, i);
-}
-
 // Storage index of row-major position i of the view at `at`, its coordinate at dimension kd
 // replaced by k.
 fn index_with(at: u32, i: u32, kd: u32, k: u32) -> u32 {
@@ -88,28 +72,6 @@ fn index_with(at: u32, i: u32, kd: u32, k: u32) -> u32 {
         idx += c * stride;
     }
     return idx;
-}
-
-fn inf_f32() -> f32 {
-    var bits = 0x7f800000u;
-    return bitcast<f32>(bits);
-}
-
-fn copysign(v: f32, s: f32) -> f32 {
-    return bitcast<f32>((bitcast<u32>(v) & 0x7fffffffu) | (bitcast<u32>(s) & 0x80000000u));
-}
-
-// y rounded to the nearest f16 value (ties to even, overflow to infinity), as an exact f32.
-fn round_f16(y: f32) -> f32 {
-    let a = abs(y);
-    if (!(a < 65520.0)) {
-        if ((bitcast<u32>(a)) > 0x7f800000u) {
-            return y;
-        }
-        return copysign(inf_f32(), y);
-    }
-    let e = max(i32((bitcast<u32>(a) >> 23u) & 0xffu) - 127, -14);
-    return copysign(ldexp(round(ldexp(a, 10 - e)), e - 10), y);
 }
 
 // a + b as the CPU adds: in f32 rounded once to T for floats, wrapping for u32.

@@ -66,10 +66,6 @@ var<workgroup> red2: array<f32, WG>;
 var<workgroup> col_w: array<f32, CW * RW>;
 var<workgroup> col_b: array<f32, CW * RW>;
 
-fn neg_inf() -> f32 {
-    return bitcast<f32>(0xff800000u);
-}
-
 // Sum of `v` over the workgroup, returned to every invocation.
 fn wg_sum(li: u32, v: f32) -> f32 {
     red[li] = v;
@@ -124,22 +120,22 @@ fn softmax_rows(li: u32, first: u32, step: u32, is_log: bool) {
     let cs = p[2];
     for (var row = first; row < rows; row += step) {
         let base = strided_index(3u, row);
-        var m = neg_inf();
+        var m = -inf_f32();
         for (var j = li; j < cols; j += WG) {
             m = max(m, f32(x[base + j * cs]));
         }
         m = wg_max(li, m);
         var s = 0.0;
-        if m != neg_inf() {
+        if m != -inf_f32() {
             for (var j = li; j < cols; j += WG) {
                 s += exp(f32(x[base + j * cs]) - m);
             }
         }
         s = wg_sum(li, s);
         let o = row * cols;
-        if m == neg_inf() {
+        if m == -inf_f32() {
             // A fully masked row.
-            let fill = select(0.0, neg_inf(), is_log);
+            let fill = select(0.0, -inf_f32(), is_log);
             for (var j = li; j < cols; j += WG) {
                 out[o + j] = T(fill);
             }

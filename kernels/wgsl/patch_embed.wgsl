@@ -5,7 +5,7 @@
 // Shapes: images (B, C, H, W) of any strides; weight (E, C, P, P) of any strides, read as the
 // matrix W (E, K) with K = C*P*P and k = (c*P + py)*P + px; gh = H / P, gw = W / P, np = gh*gw
 // patches per image (pixels at or below row gh*P or right of column gw*P belong to no patch);
-// patch row m = b*np + gy*gw + gx; patches (B*np, K) [m, k] = images[b, c, gy*P + py, gx*P + px].
+// patch row m = b*np + gy*gw + gx; patches (B*np, K) [m, k] = src2[b, c, gy*P + py, gx*P + px].
 // `first` is 1 with a class row, else 0; rows = first + np; out and d_out are (B, rows, E), and
 // G (B*np, E) is the patch rows of d_out. Outputs are contiguous; arithmetic is f32.
 //
@@ -65,14 +65,12 @@ const POS: u32 = 24u;
 const DOUT: u32 = 20u;
 
 @group(0) @binding(1) var<storage, read_write> out: array<T>;
-// patch_embed_fwd, patch_embed_dweight
-@group(0) @binding(2) var<storage, read> images: array<T>;
-// patch_embed_dimages, patch_embed_colsum
-@group(0) @binding(2) var<storage, read> dout_a: array<T>;
-// patch_embed_fwd, patch_embed_dimages
-@group(0) @binding(3) var<storage, read> weight: array<T>;
-// patch_embed_dweight
-@group(0) @binding(3) var<storage, read> dout_b: array<T>;
+// The images (patch_embed_fwd, patch_embed_dweight) or d_out (patch_embed_dimages,
+// patch_embed_colsum): one variable, so that the shared tile loaders (`operand`) bind the same
+// slot in every entry point.
+@group(0) @binding(2) var<storage, read> src2: array<T>;
+// The weight (patch_embed_fwd, patch_embed_dimages) or d_out (patch_embed_dweight).
+@group(0) @binding(3) var<storage, read> src3: array<T>;
 @group(0) @binding(4) var<storage, read> bias: array<T>;
 @group(0) @binding(5) var<storage, read> cls: array<T>;
 @group(0) @binding(6) var<storage, read> pos: array<T>;
@@ -130,6 +128,88 @@ fn tile_product(acc: ptr<function, array<f32, TM * TN>>, tx: u32, ty: u32) {
     }
 }
 
+// The GEMM operands, read at (a, b) with b the coordinate that is contiguous (or nearly) in
+// memory: output rows by k (class rows read zero), patch rows by k, W (e, k), and G (m, e)
+// from d_out at binding 2 (src2) or at binding 3 (src3).
+const SRC_OUT_ROWS: u32 = 0u;
+const SRC_PATCHES: u32 = 1u;
+const SRC_WEIGHT: u32 = 2u;
+const SRC_GRAD2: u32 = 3u;
+const SRC_GRAD3: u32 = 4u;
+
+fn operand(src: u32, a: u32, b: u32) -> f32 {
+    switch src {
+        case 0u: {
+            let rows = p[6] + p[4];
+            let r = a % rows;
+            if r < p[6] {
+                return 0.0;
+            }
+            let m = (a / rows) * p[4] + r - p[6];
+            return f32(src2[patch_origin(m) + patch_offset(b, IMG + 2u)]);
+        }
+        case 1u: {
+            return f32(src2[patch_origin(a) + patch_offset(b, IMG + 2u)]);
+        }
+        case 2u: {
+            return f32(src3[weight_index(a, b)]);
+        }
+        case 3u: {
+            return f32(src2[grad_index(a, b)]);
+        }
+        default: {
+            return f32(src3[grad_index(a, b)]);
+        }
+    }
+}
+
+// Element t of a BK x `width` operand tile: its slot l * width + i and the value of operand
+// `src` at (a0 + i, b0 + l) when l_is_b (l fastest), else at (a0 + l, b0 + i) (i fastest);
+// zero outside a < a_end, b < b_end. b varies fastest across threads either way.
+struct TileElem {
+    slot: u32,
+    v: f32,
+}
+
+fn tile_element(src: u32, t: u32, width: u32, a0: u32, a_end: u32, b0: u32, b_end: u32, l_is_b: bool) -> TileElem {
+    var l: u32;
+    var i: u32;
+    var a: u32;
+    var b: u32;
+    if l_is_b {
+        l = t % BK;
+        i = t / BK;
+        a = a0 + i;
+        b = b0 + l;
+    } else {
+        i = t % width;
+        l = t / width;
+        a = a0 + l;
+        b = b0 + i;
+    }
+    var v = 0.0;
+    if a < a_end && b < b_end {
+        v = operand(src, a, b);
+    }
+    return TileElem(l * width + i, v);
+}
+
+// Gathers the ls tile (BK x BM) and the rs tile (BK x BN) of one reduction step (see
+// tile_element for the arguments of each).
+fn stage_ls(tid: u32, src: u32, a0: u32, a_end: u32, b0: u32, b_end: u32, l_is_b: bool) {
+    for (var t = tid; t < LS; t += TX * TY) {
+        let e = tile_element(src, t, BM, a0, a_end, b0, b_end, l_is_b);
+        ls[e.slot] = e.v;
+    }
+}
+
+fn stage_rs(tid: u32, src: u32, a0: u32, a_end: u32, b0: u32, b_end: u32, l_is_b: bool) {
+    for (var t = tid; t < RS; t += TX * TY) {
+        let e = tile_element(src, t, BN, a0, a_end, b0, b_end, l_is_b);
+        rs[e.slot] = e.v;
+    }
+}
+
 // Forward: a tiled GEMM over the B*rows output rows (class rows read zero patches and take
 // cls instead of the bias) by the E columns, reducing over K; A tiles gathered from the images,
 // W tiles from the weight, both with k fastest across threads (contiguous pixels / weight rows).
@@ -152,38 +232,13 @@ fn patch_embed_fwd(
     }
     let n0 = wid.x * BN;
     let tid = lid.y * TX + lid.x;
-    let nt = TX * TY;
     var acc: array<f32, TM * TN>;
     for (var k0 = 0u; k0 < K; k0 += BK) {
         workgroupBarrier();
         // ls[l][i] = patches row of output row m0 + i, column k0 + l (zero for class rows).
-        for (var t = tid; t < LS; t += nt) {
-            let l = t % BK;
-            let i = t / BK;
-            let row = m0 + i;
-            let k = k0 + l;
-            var v = 0.0;
-            if row < mrows && k < K {
-                let r = row % rows;
-                if r >= first {
-                    let m = (row / rows) * np + r - first;
-                    v = f32(images[patch_origin(m) + patch_offset(k, IMG + 2u)]);
-                }
-            }
-            ls[l * BM + i] = v;
-        }
+        stage_ls(tid, SRC_OUT_ROWS, m0, mrows, k0, K, true);
         // rs[l][j] = W[n0 + j, k0 + l].
-        for (var t = tid; t < RS; t += nt) {
-            let l = t % BK;
-            let j = t / BK;
-            let e = n0 + j;
-            let k = k0 + l;
-            var v = 0.0;
-            if e < E && k < K {
-                v = f32(weight[weight_index(e, k)]);
-            }
-            rs[l * BN + j] = v;
-        }
+        stage_rs(tid, SRC_WEIGHT, n0, E, k0, K, true);
         workgroupBarrier();
         tile_product(&acc, lid.x, lid.y);
     }
@@ -231,34 +286,13 @@ fn patch_embed_dweight(
     }
     let k0 = wid.x * BN;
     let tid = lid.y * TX + lid.x;
-    let nt = TX * TY;
     var acc: array<f32, TM * TN>;
     for (var m0 = 0u; m0 < M; m0 += BK) {
         workgroupBarrier();
         // ls[l][i] = G[m0 + l, e0 + i].
-        for (var t = tid; t < LS; t += nt) {
-            let i = t % BM;
-            let l = t / BM;
-            let m = m0 + l;
-            let e = e0 + i;
-            var v = 0.0;
-            if m < M && e < E {
-                v = f32(dout_b[grad_index(m, e)]);
-            }
-            ls[l * BM + i] = v;
-        }
+        stage_ls(tid, SRC_GRAD3, m0, M, e0, E, false);
         // rs[l][j] = patches[m0 + l, k0 + j].
-        for (var t = tid; t < RS; t += nt) {
-            let j = t % BN;
-            let l = t / BN;
-            let m = m0 + l;
-            let k = k0 + j;
-            var v = 0.0;
-            if m < M && k < K {
-                v = f32(images[patch_origin(m) + patch_offset(k, IMG + 2u)]);
-            }
-            rs[l * BN + j] = v;
-        }
+        stage_rs(tid, SRC_PATCHES, m0, M, k0, K, false);
         workgroupBarrier();
         tile_product(&acc, lid.x, lid.y);
     }
@@ -296,34 +330,13 @@ fn patch_embed_dimages(
     }
     let k0 = wid.x * BN;
     let tid = lid.y * TX + lid.x;
-    let nt = TX * TY;
     var acc: array<f32, TM * TN>;
     for (var e0 = 0u; e0 < E; e0 += BK) {
         workgroupBarrier();
         // ls[l][i] = G[m0 + i, e0 + l].
-        for (var t = tid; t < LS; t += nt) {
-            let l = t % BK;
-            let i = t / BK;
-            let m = m0 + i;
-            let e = e0 + l;
-            var v = 0.0;
-            if m < M && e < E {
-                v = f32(dout_a[grad_index(m, e)]);
-            }
-            ls[l * BM + i] = v;
-        }
+        stage_ls(tid, SRC_GRAD2, m0, M, e0, E, true);
         // rs[l][j] = W[e0 + l, k0 + j].
-        for (var t = tid; t < RS; t += nt) {
-            let j = t % BN;
-            let l = t / BN;
-            let e = e0 + l;
-            let k = k0 + j;
-            var v = 0.0;
-            if e < E && k < K {
-                v = f32(weight[weight_index(e, k)]);
-            }
-            rs[l * BN + j] = v;
-        }
+        stage_rs(tid, SRC_WEIGHT, e0, E, k0, K, false);
         workgroupBarrier();
         tile_product(&acc, lid.x, lid.y);
     }
@@ -402,7 +415,7 @@ fn patch_embed_colsum(
         if j < J {
             let col = p[4] + (j / J2) * p[5] + (j % J2) * p[6];
             for (var i = lid.y; i < R; i += CR) {
-                s += f32(dout_a[col + (i / R2) * p[7] + (i % R2) * p[8]]);
+                s += f32(src2[col + (i / R2) * p[7] + (i % R2) * p[8]]);
             }
         }
         colpart[lid.y * CW + lid.x] = s;

@@ -53,49 +53,13 @@ override WG: u32 = 256u;
 var<workgroup> sv: array<U, WG>;
 var<workgroup> si: array<u32, WG>;
 
-// Whether U is a float (else u32), whether T is f16 (2049 is not an f16 value).
-const U_FLOAT: bool = U(0.5) != U(0.0);
-const T_HALF: bool = f32(T(2049.0)) != 2049.0;
-
 // An index no element has: the arg fold's "nothing yet".
 const NONE: u32 = 0xffffffffu;
 
-// Storage index of element i of the view at word `at` (rank 0 and 1 without a div/mod walk).
-fn vidx(at: u32, i: u32) -> u32 {
-    let rank = p[at];
-    if (rank == 1u) {
-        return p[at + 1u] + i * p[at + 3u];
-    }
-    if (rank == 0u) {
-        return p[at + 1u];
-    }
-    return strided_index(at, i);
-}
-
-fn is_nan(v: U) -> bool {
-    return U_FLOAT && (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-fn inf_f32() -> f32 {
-    var bits = 0x7f800000u;
-    return bitcast<f32>(bits);
-}
-
-fn copysign(v: f32, s: f32) -> f32 {
-    return bitcast<f32>((bitcast<u32>(v) & 0x7fffffffu) | (bitcast<u32>(s) & 0x80000000u));
-}
-
-// y rounded to the nearest f16 value (ties to even, overflow to infinity), as an exact f32.
-fn round_f16(y: f32) -> f32 {
-    let a = abs(y);
-    if (!(a < 65520.0)) {
-        if ((bitcast<u32>(a)) > 0x7f800000u) {
-            return y;
-        }
-        return copysign(inf_f32(), y);
-    }
-    let e = max(i32((bitcast<u32>(a) >> 23u) & 0xffu) - 127, -14);
-    return copysign(ldexp(round(ldexp(a, 10 - e)), e - 10), y);
+// Whether v is NaN (never for u32). vidx, is_nan, round_f16 and the type constants are in
+// common.wgsl.
+fn nan_u(v: U) -> bool {
+    return U_FLOAT && is_nan(f32(v));
 }
 
 fn to_t(v: U) -> T {
@@ -122,11 +86,11 @@ fn fold(op: u32, acc: U, v: U) -> U {
     if (op == 0u) {
         return acc + v;
     }
-    if (is_nan(acc)) {
+    if (nan_u(acc)) {
         return acc;
     }
     let better = select((v < acc), (v > acc), op == 1u);
-    return select(acc, v, is_nan(v) || better);
+    return select(acc, v, nan_u(v) || better);
 }
 
 // Whether (va, ia) comes before (vb, ib) in the arg ops' order: an empty slot never, a NaN at
@@ -138,8 +102,8 @@ fn arg_beats(op: u32, va: U, ia: u32, vb: U, ib: u32) -> bool {
     if (ib == NONE) {
         return true;
     }
-    let na = is_nan(va);
-    let nb = is_nan(vb);
+    let na = nan_u(va);
+    let nb = nan_u(vb);
     if (na || nb) {
         if (na && ia == 0u) {
             return true;
@@ -187,7 +151,7 @@ fn argreduce_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         for (var j = 1u; j < len; j++) {
             let v = U(x[base + j * stride]);
             let better = select((v < best), (v > best), op == 0u);
-            if (!is_nan(v) && !is_nan(best) && better) {
+            if (!nan_u(v) && !nan_u(best) && better) {
                 best = v;
                 bi = j;
             }

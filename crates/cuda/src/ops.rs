@@ -5,9 +5,8 @@
 
 use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchConfig, PushKernelArg};
 use glimpse_tensor::{
-    BinaryOp, DType, Error, HostSlice, HostVec, Layout, ReduceOp, Result, UnaryOp, WithDType,
+    BinaryOp, DType, Error, HostSlice, HostVec, Layout, ReduceOp, Result, UnaryOp,
 };
-use half::{bf16, f16};
 
 use crate::backend::{CudaBackend, drv, grid_for, unsupported};
 use crate::klayout::{KLayout, MergedExt, contiguous_strides};
@@ -41,54 +40,11 @@ fn mismatch(op: &str) -> Error {
     )
 }
 
-/// Op code and parameters of a unary op (the table at the top of elementwise.cu).
-fn unary_code(op: UnaryOp) -> (u32, f64, f64) {
-    match op {
-        UnaryOp::Neg => (0, 0.0, 0.0),
-        UnaryOp::Abs => (1, 0.0, 0.0),
-        UnaryOp::Exp => (2, 0.0, 0.0),
-        UnaryOp::Log => (3, 0.0, 0.0),
-        UnaryOp::Sqrt => (4, 0.0, 0.0),
-        UnaryOp::Sqr => (5, 0.0, 0.0),
-        UnaryOp::Recip => (6, 0.0, 0.0),
-        UnaryOp::Tanh => (7, 0.0, 0.0),
-        UnaryOp::Sin => (8, 0.0, 0.0),
-        UnaryOp::Cos => (9, 0.0, 0.0),
-        UnaryOp::Erf => (10, 0.0, 0.0),
-        UnaryOp::Relu => (11, 0.0, 0.0),
-        UnaryOp::Sigmoid => (12, 0.0, 0.0),
-        UnaryOp::Affine { mul, add } => (13, mul, add),
-        UnaryOp::Powf(e) => (14, e, 0.0),
-        UnaryOp::Clamp { min, max } => (15, min, max),
-        UnaryOp::GeluErf => (16, 0.0, 0.0),
-        UnaryOp::GeluTanh => (17, 0.0, 0.0),
-        UnaryOp::QuickGelu => (18, 0.0, 0.0),
-    }
-}
-
-/// Op code of an arithmetic binary op (`binary_*`) or a comparison (`compare_*`).
-fn binary_code(op: BinaryOp) -> u32 {
-    match op {
-        BinaryOp::Add | BinaryOp::Eq => 0,
-        BinaryOp::Sub | BinaryOp::Ne => 1,
-        BinaryOp::Mul | BinaryOp::Lt => 2,
-        BinaryOp::Div | BinaryOp::Le => 3,
-        BinaryOp::Maximum | BinaryOp::Gt => 4,
-        BinaryOp::Minimum | BinaryOp::Ge => 5,
-        BinaryOp::Pow => 6,
-    }
-}
-
-/// The 16- or 32-bit pattern of `value` converted to `dtype` exactly as the CPU backend
-/// converts it (correct rounding; u32 truncates and saturates).
+/// The 16- or 32-bit pattern of `value` converted to `dtype` (`DType::bits_of`).
 fn fill_bits(dtype: DType, value: f64) -> Result<u32> {
-    Ok(match dtype {
-        DType::F16 => u32::from(<f16 as WithDType>::from_f64(value).to_bits()),
-        DType::BF16 => u32::from(<bf16 as WithDType>::from_f64(value).to_bits()),
-        DType::F32 => (value as f32).to_bits(),
-        DType::U32 => value as u32,
-        DType::F64 => return Err(unsupported("full", dtype)),
-    })
+    dtype
+        .bits_of(value)
+        .ok_or_else(|| unsupported("full", dtype))
 }
 
 impl CudaBackend {
@@ -427,7 +383,7 @@ impl CudaBackend {
     ) -> Result<CudaStorage> {
         use glimpse_tensor::BackendStorage;
         let dtype = src.dtype();
-        let (code, p0, p1) = unary_code(op);
+        let (code, p0, p1) = op.code();
         if dtype == DType::U32
             && !matches!(
                 op,
@@ -484,7 +440,7 @@ impl CudaBackend {
         let m = Merged::new(ll.dims(), &[ll.strides(), rl.strides()], None);
         let la = m.klayout(0, ll.offset())?;
         let lb = m.klayout(1, rl.offset())?;
-        let code = binary_code(op);
+        let code = op.code();
         let kind = if compare { "compare" } else { "binary" };
         let name = format!("{kind}_{}", suffix(dtype));
         let f = self.function("elementwise.cu", &name)?;

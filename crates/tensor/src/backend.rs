@@ -139,7 +139,49 @@ pub enum BinaryOp {
     Ge,
 }
 
+impl UnaryOp {
+    /// The op's position in this enum and its two parameters (0 where it has none): the op
+    /// code and parameters the GPU backends' element-wise kernels take.
+    pub fn code(self) -> (u32, f64, f64) {
+        match self {
+            UnaryOp::Neg => (0, 0.0, 0.0),
+            UnaryOp::Abs => (1, 0.0, 0.0),
+            UnaryOp::Exp => (2, 0.0, 0.0),
+            UnaryOp::Log => (3, 0.0, 0.0),
+            UnaryOp::Sqrt => (4, 0.0, 0.0),
+            UnaryOp::Sqr => (5, 0.0, 0.0),
+            UnaryOp::Recip => (6, 0.0, 0.0),
+            UnaryOp::Tanh => (7, 0.0, 0.0),
+            UnaryOp::Sin => (8, 0.0, 0.0),
+            UnaryOp::Cos => (9, 0.0, 0.0),
+            UnaryOp::Erf => (10, 0.0, 0.0),
+            UnaryOp::Relu => (11, 0.0, 0.0),
+            UnaryOp::Sigmoid => (12, 0.0, 0.0),
+            UnaryOp::Affine { mul, add } => (13, mul, add),
+            UnaryOp::Powf(e) => (14, e, 0.0),
+            UnaryOp::Clamp { min, max } => (15, min, max),
+            UnaryOp::GeluErf => (16, 0.0, 0.0),
+            UnaryOp::GeluTanh => (17, 0.0, 0.0),
+            UnaryOp::QuickGelu => (18, 0.0, 0.0),
+        }
+    }
+}
+
 impl BinaryOp {
+    /// The op code the GPU backends' kernels take: the position among the arithmetic ops
+    /// (Add..Pow) or among the comparisons (Eq..Ge), which have kernels of their own.
+    pub fn code(self) -> u32 {
+        match self {
+            BinaryOp::Add | BinaryOp::Eq => 0,
+            BinaryOp::Sub | BinaryOp::Ne => 1,
+            BinaryOp::Mul | BinaryOp::Lt => 2,
+            BinaryOp::Div | BinaryOp::Le => 3,
+            BinaryOp::Maximum | BinaryOp::Gt => 4,
+            BinaryOp::Minimum | BinaryOp::Ge => 5,
+            BinaryOp::Pow => 6,
+        }
+    }
+
     pub fn is_comparison(self) -> bool {
         matches!(
             self,

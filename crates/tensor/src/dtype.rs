@@ -44,6 +44,19 @@ impl DType {
         }
     }
 
+    /// The bit pattern of `value` converted to this dtype exactly as the CPU backend converts it
+    /// (correct rounding for floats; u32 truncates and saturates), in the low 16 bits for the
+    /// half types; `None` for F64, whose 64 bits do not fit. GPU backends fill buffers with it.
+    pub fn bits_of(self, value: f64) -> Option<u32> {
+        Some(match self {
+            DType::F16 => u32::from(<f16 as WithDType>::from_f64(value).to_bits()),
+            DType::BF16 => u32::from(<bf16 as WithDType>::from_f64(value).to_bits()),
+            DType::F32 => <f32 as WithDType>::from_f64(value).to_bits(),
+            DType::U32 => <u32 as WithDType>::from_f64(value),
+            DType::F64 => return None,
+        })
+    }
+
     /// The dtype in which arithmetic on this dtype is carried out on the CPU.
     pub fn compute_dtype(self) -> DType {
         match self {

@@ -177,9 +177,9 @@ pub(crate) fn contrastive_loss_backward(
             &[
                 out.buffer(),
                 acc.buffer(),
-                part.buffer(),
                 storage_of(x)?.buffer(),
                 storage_of(y)?.buffer(),
+                part.buffer(),
                 stats.buffer(),
             ],
             row_groups(n),

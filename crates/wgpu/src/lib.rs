@@ -14,6 +14,11 @@
 //!   (`GLIMPSE_WGPU_POOL_MB` caps the idle bytes kept, default 2048). [`WgpuBackend::stats`]
 //!   counts dispatches, submissions, read-backs and compiled pipelines.
 //!
+//! * No op waits for the device: an index out of range or a u32 division by zero is found by
+//!   the kernel and reported (as `Error::IndexOutOfRange` / `InvalidArgument`) by the next
+//!   read-back or [`synchronize`] of the thread that issued the op; until then a bad index
+//!   reads 0.
+//!
 //! `GLIMPSE_WGPU_POISON=1` fills every buffer an op allocates with 0xFF bytes first, so an
 //! output element a kernel does not write reads as NaN.
 //!

@@ -14,7 +14,7 @@
 use glimpse_tensor::merge::{Merged, contiguous_strides};
 use glimpse_tensor::{
     BackendStorage, BinaryOp, DType, Error, HostSlice, HostVec, Layout, ReduceOp, Result, UnaryOp,
-    WithDType, random,
+    random,
 };
 use half::f16;
 
@@ -29,17 +29,11 @@ pub(crate) const WG: u32 = 256;
 /// The 32-bit word that fills a buffer of `dtype` with `value` (converted exactly as the CPU
 /// backend converts it; a 16-bit pattern is repeated in both halves).
 fn fill_word(dtype: DType, value: f64) -> Result<u32> {
-    Ok(match dtype {
-        DType::F16 => {
-            let h = u32::from(<f16 as WithDType>::from_f64(value).to_bits());
-            h | (h << 16)
-        }
-        DType::F32 => (value as f32).to_bits(),
-        DType::U32 => value as u32,
-        DType::BF16 | DType::F64 => {
-            return Err(unsupported("full", dtype));
-        }
-    })
+    match (dtype, dtype.bits_of(value)) {
+        (DType::F16, Some(h)) => Ok(h | (h << 16)),
+        (DType::F32 | DType::U32, Some(w)) => Ok(w),
+        _ => Err(unsupported("full", dtype)),
+    }
 }
 
 /// Pushes the merged view of `layout` alone.
@@ -67,30 +61,11 @@ fn push_joint(p: &mut Params, dims: &[usize], views: &[(&[usize], usize)]) -> Re
     Ok(())
 }
 
-/// `(op, a, b)` of a float unary op in elementwise.wgsl's `unary_f` (UnaryOp's order; the
+/// `(op, a, b)` of a float unary op in elementwise.wgsl's `unary_f` (`UnaryOp::code`; the
 /// parameters in f32, as the CPU backend converts them).
 fn unary_float_code(op: UnaryOp) -> (u32, f32, f32) {
-    match op {
-        UnaryOp::Neg => (0, 0.0, 0.0),
-        UnaryOp::Abs => (1, 0.0, 0.0),
-        UnaryOp::Exp => (2, 0.0, 0.0),
-        UnaryOp::Log => (3, 0.0, 0.0),
-        UnaryOp::Sqrt => (4, 0.0, 0.0),
-        UnaryOp::Sqr => (5, 0.0, 0.0),
-        UnaryOp::Recip => (6, 0.0, 0.0),
-        UnaryOp::Tanh => (7, 0.0, 0.0),
-        UnaryOp::Sin => (8, 0.0, 0.0),
-        UnaryOp::Cos => (9, 0.0, 0.0),
-        UnaryOp::Erf => (10, 0.0, 0.0),
-        UnaryOp::Relu => (11, 0.0, 0.0),
-        UnaryOp::Sigmoid => (12, 0.0, 0.0),
-        UnaryOp::Affine { mul, add } => (13, mul as f32, add as f32),
-        UnaryOp::Powf(e) => (14, e as f32, 0.0),
-        UnaryOp::Clamp { min, max } => (15, min as f32, max as f32),
-        UnaryOp::GeluErf => (16, 0.0, 0.0),
-        UnaryOp::GeluTanh => (17, 0.0, 0.0),
-        UnaryOp::QuickGelu => (18, 0.0, 0.0),
-    }
+    let (code, a, b) = op.code();
+    (code, a as f32, b as f32)
 }
 
 /// `[op, a, b, c, d]` of a u32 unary op in elementwise.wgsl's `unary_u`, or `None` where the
@@ -152,19 +127,6 @@ fn clamp_table(min: f64, max: f64) -> [u32; 4] {
         (max.floor().min(TOP) as u32, max as u32)
     };
     [a, b, c, d]
-}
-
-/// Op code of a binary op in elementwise.wgsl: `binary`'s table, or `compare`'s.
-fn binary_code(op: BinaryOp) -> u32 {
-    match op {
-        BinaryOp::Add | BinaryOp::Eq => 0,
-        BinaryOp::Sub | BinaryOp::Ne => 1,
-        BinaryOp::Mul | BinaryOp::Lt => 2,
-        BinaryOp::Div | BinaryOp::Le => 3,
-        BinaryOp::Maximum | BinaryOp::Gt => 4,
-        BinaryOp::Minimum | BinaryOp::Ge => 5,
-        BinaryOp::Pow => 6,
-    }
 }
 
 /// The most indices one scatter_add dispatch walks per column (see indexing.wgsl).
@@ -430,7 +392,7 @@ impl WgpuBackend {
         let out = self.alloc(out_dtype, n)?;
         if n > 0 {
             let mut p = Params::new();
-            p.usize(n)?.u32(binary_code(op));
+            p.usize(n)?.u32(op.code());
             push_joint(
                 &mut p,
                 ll.dims(),

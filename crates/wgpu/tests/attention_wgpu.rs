@@ -13,6 +13,7 @@ mod common;
 
 use common::{Gen, cpu, tensor, wgpu};
 use glimpse_tensor::{AttentionOptions, AttentionOutput, DType, Device, Tensor};
+use glimpse_testkit::suite::fused::close;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -205,42 +206,6 @@ fn tol(dtype: DType) -> (f64, f64) {
         DType::F32 => (2e-5, 1e-6),
         _ => (4e-3, 1e-4),
     }
-}
-
-/// `got` (device) against `want` (CPU): same dims and dtype, no NaN, equal infinities, and
-/// `||got - want|| <= rtol ||want|| + atol sqrt(n)` over the finite elements.
-fn close(
-    what: &str,
-    got: &Tensor,
-    want: &Tensor,
-    rtol: f64,
-    atol: f64,
-) -> Result<(), TestCaseError> {
-    prop_assert_eq!(got.dims(), want.dims(), "{}: dims", what);
-    prop_assert_eq!(got.dtype(), want.dtype(), "{}: dtype", what);
-    let g = got.to_f64_vec().unwrap();
-    let w = want.to_f64_vec().unwrap();
-    let (mut err, mut norm) = (0.0f64, 0.0f64);
-    for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
-        prop_assert!(!a.is_nan(), "{}: NaN at {} (cpu {})", what, i, b);
-        if a.is_infinite() || b.is_infinite() {
-            prop_assert!(a == b, "{}: at {} wgpu {} vs cpu {}", what, i, a, b);
-            continue;
-        }
-        err += (a - b) * (a - b);
-        norm += b * b;
-    }
-    let bound = rtol * norm.sqrt() + atol * (g.len() as f64).sqrt();
-    prop_assert!(
-        err.sqrt() <= bound,
-        "{}: ||wgpu - cpu|| = {:e} > {:e} (||cpu|| = {:e}, {} elements)",
-        what,
-        err.sqrt(),
-        bound,
-        norm.sqrt(),
-        g.len()
-    );
-    Ok(())
 }
 
 fn check_forward(dev: &Device, c: &Case) -> Result<(), TestCaseError> {

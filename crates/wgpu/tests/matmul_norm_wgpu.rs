@@ -63,6 +63,11 @@ fn centered_rstd(x: &Tensor, eps: f64) -> (Tensor, Tensor) {
     (centered, rstd)
 }
 
+/// A pair of `shape` laid out as `kind`, values uniform in `[-1, 1)`.
+fn unit_pair(shape: &[usize], dtype: DType, kind: Kind, rng: &mut Gen, g: &Device) -> Pair {
+    pair(shape, dtype, kind, Values::Uniform(-1.0, 1.0), rng, g)
+}
+
 // ---------------------------------------------------------------------------------- matmul
 
 /// An operand `(batch.., rows, cols)` laid out as `kind`, or stored `(batch.., cols, rows)` and
@@ -189,31 +194,10 @@ fn matmul_edge_cases() {
         assert_eq!(a.matmul(&b).unwrap().dims(), &[0, 3]);
         // Batch dims that do not merge (permuted), and a broadcast rhs batch.
         let mut rng = Gen::new(3);
-        let a = pair(
-            &[3, 4, 5, 6],
-            dtype,
-            Kind::Permuted,
-            Values::Uniform(-1.0, 1.0),
-            &mut rng,
-            &g,
-        );
-        let b = pair(
-            &[3, 4, 6, 2],
-            dtype,
-            Kind::PermutedNarrowed,
-            Values::Uniform(-1.0, 1.0),
-            &mut rng,
-            &g,
-        );
+        let a = unit_pair(&[3, 4, 5, 6], dtype, Kind::Permuted, &mut rng, &g);
+        let b = unit_pair(&[3, 4, 6, 2], dtype, Kind::PermutedNarrowed, &mut rng, &g);
         check_matmul(&a, &b, &format!("{dtype} permuted batches"));
-        let b = pair(
-            &[1, 6, 2],
-            dtype,
-            Kind::Narrowed,
-            Values::Uniform(-1.0, 1.0),
-            &mut rng,
-            &g,
-        );
+        let b = unit_pair(&[1, 6, 2], dtype, Kind::Narrowed, &mut rng, &g);
         let b = Pair {
             cpu: b.cpu.broadcast_as([4, 6, 2]).unwrap(),
             gpu: b.gpu.broadcast_as([4, 6, 2]).unwrap(),
@@ -313,32 +297,11 @@ fn linear_with_leading_dims_and_k_zero() {
     };
     for dtype in floats() {
         let mut rng = Gen::new(5);
-        let w = pair(
-            &[7, 9],
-            dtype,
-            Kind::Narrowed,
-            Values::Uniform(-1.0, 1.0),
-            &mut rng,
-            &g,
-        );
-        let b = pair(
-            &[7],
-            dtype,
-            Kind::Contiguous,
-            Values::Uniform(-1.0, 1.0),
-            &mut rng,
-            &g,
-        );
+        let w = unit_pair(&[7, 9], dtype, Kind::Narrowed, &mut rng, &g);
+        let b = unit_pair(&[7], dtype, Kind::Contiguous, &mut rng, &g);
         // Leading dims that merge in place, and ones that need a copy.
         for kind in [Kind::Contiguous, Kind::Narrowed, Kind::Permuted] {
-            let x = pair(
-                &[3, 5, 9],
-                dtype,
-                kind,
-                Values::Uniform(-1.0, 1.0),
-                &mut rng,
-                &g,
-            );
+            let x = unit_pair(&[3, 5, 9], dtype, kind, &mut rng, &g);
             let got = g.backend().linear(&x.gpu, &w.gpu, Some(&b.gpu)).unwrap();
             // The composition rounds the product before adding the bias: take its f32 result.
             let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
@@ -623,28 +586,14 @@ fn layer_norm_edge_cases() {
         assert_eq!(values(&grads.dweight.unwrap()), vec![0.0; 6]);
         assert_eq!(x.layer_norm(Some(&w), None, 1e-5).unwrap().dims(), &[0, 6]);
         // One column: x - mean = 0 everywhere.
-        let x = pair(
-            &[5, 1],
-            dtype,
-            Kind::Contiguous,
-            Values::Uniform(-1.0, 1.0),
-            &mut rng,
-            &g,
-        );
+        let x = unit_pair(&[5, 1], dtype, Kind::Contiguous, &mut rng, &g);
         assert_matches(
             &x.gpu.layer_norm(None, None, 1e-5).unwrap(),
             &x.cpu.layer_norm(None, None, 1e-5).unwrap(),
             &format!("{dtype} one column"),
         );
         // More rows than one dispatch's 65535 workgroups.
-        let x = pair(
-            &[70_000, 3],
-            dtype,
-            Kind::Permuted,
-            Values::Uniform(-1.0, 1.0),
-            &mut rng,
-            &g,
-        );
+        let x = unit_pair(&[70_000, 3], dtype, Kind::Permuted, &mut rng, &g);
         assert_close_scaled(
             &values(&x.gpu.layer_norm(None, None, 1e-5).unwrap()),
             &values(&x.cpu.layer_norm(None, None, 1e-5).unwrap()),
@@ -732,30 +681,9 @@ fn no_op_reads_back_before_the_result_is_downloaded() {
         return;
     };
     let mut rng = Gen::new(4);
-    let x = pair(
-        &[6, 40],
-        DType::F32,
-        Kind::Permuted,
-        Values::Uniform(-1.0, 1.0),
-        &mut rng,
-        &g,
-    );
-    let w = pair(
-        &[40, 40],
-        DType::F32,
-        Kind::Contiguous,
-        Values::Uniform(-1.0, 1.0),
-        &mut rng,
-        &g,
-    );
-    let b = pair(
-        &[40],
-        DType::F32,
-        Kind::Contiguous,
-        Values::Uniform(-1.0, 1.0),
-        &mut rng,
-        &g,
-    );
+    let x = unit_pair(&[6, 40], DType::F32, Kind::Permuted, &mut rng, &g);
+    let w = unit_pair(&[40, 40], DType::F32, Kind::Contiguous, &mut rng, &g);
+    let b = unit_pair(&[40], DType::F32, Kind::Contiguous, &mut rng, &g);
     be.synchronize().unwrap();
     let before = be.stats();
     let y = x.gpu.linear(&w.gpu, Some(&b.gpu)).unwrap();

@@ -69,8 +69,10 @@ fn tols(t: &Target, dtype: DType) -> (f64, f64) {
     (rtol * f, atol * f)
 }
 
-/// Compares the device's result with the CPU's (see the module docs).
-fn close(
+/// Compares the device's result with the CPU's (see the module docs): same dims and dtype, no
+/// NaN where the CPU has none, equal infinities, and `||device - cpu|| <= rtol ||cpu|| + atol
+/// sqrt(n)` over the finite elements.
+pub fn close(
     what: &str,
     got: &Tensor,
     want: &Tensor,
