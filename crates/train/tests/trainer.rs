@@ -245,3 +245,67 @@ fn gradient_accumulation_matches_one_large_batch() {
         }
     }
 }
+
+#[test]
+fn a_run_on_the_wgpu_device_follows_the_cpu_run() {
+    // The autodiff device wraps any backend: the same run on wgpu (every forward and backward
+    // kernel in WGSL) takes the same steps as on the CPU, up to f32 summation order.
+    let gpu = match glimpse_wgpu::device(0) {
+        Ok(d) => d,
+        Err(e) => {
+            if std::env::var("GLIMPSE_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+                panic!("GLIMPSE_REQUIRE_WGPU=1 but no wgpu adapter opens: {e}");
+            }
+            println!("skipping: no wgpu adapter ({e})");
+            return;
+        }
+    };
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    fake_dataset(&data);
+    let task = task(&data);
+    let run = |device: glimpse_tensor::Device, name: &str| {
+        let dir = root.path().join(name);
+        let opts = TrainOptions {
+            epochs: 1,
+            ..options()
+        };
+        let out = Trainer::new(&task, opts, device, &dir)
+            .run(false, &mut Silent)
+            .unwrap();
+        assert!(matches!(out, Outcome::Finished { step: 6, .. }), "{out:?}");
+        let losses: Vec<f64> = metric_lines(&dir)
+            .iter()
+            .filter(|v| v["kind"] == "train")
+            .map(|v| v["loss"].as_f64().unwrap())
+            .collect();
+        let f = SafeTensorsFile::read(dir.join("model/model.safetensors")).unwrap();
+        let mut names: Vec<String> = f.names().iter().map(|n| n.to_string()).collect();
+        names.sort();
+        let weights: Vec<f32> = names
+            .iter()
+            .flat_map(|n| {
+                f.load(n, &glimpse_cpu::device())
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap()
+            })
+            .collect();
+        (losses, weights)
+    };
+    let (cpu_losses, cpu_weights) = run(glimpse_cpu::device(), "cpu");
+    let (gpu_losses, gpu_weights) = run(gpu, "wgpu");
+    assert_eq!(cpu_losses.len(), gpu_losses.len());
+    for (g, c) in gpu_losses.iter().zip(&cpu_losses) {
+        assert!(
+            (g - c).abs() <= 1e-4 * c.abs().max(1.0),
+            "losses: wgpu {gpu_losses:?} vs cpu {cpu_losses:?}"
+        );
+    }
+    let worst = gpu_weights
+        .iter()
+        .zip(&cpu_weights)
+        .map(|(g, c)| (g - c).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-4, "weights differ by up to {worst}");
+}
