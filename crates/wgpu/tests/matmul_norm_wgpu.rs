@@ -38,6 +38,14 @@ fn abs64(t: &Tensor) -> Tensor {
         .unwrap()
 }
 
+/// `scale + |b|` (`b` on the CPU, broadcast), or `scale` without `b`.
+fn plus_abs(scale: Tensor, b: Option<&Pair>) -> Tensor {
+    match b {
+        Some(b) => scale.add(&abs64(&b.cpu)).unwrap(),
+        None => scale,
+    }
+}
+
 /// `x` as f64 `(rows, cols)` on the CPU, centered per row, and `1 / sqrt(var + eps)` per row
 /// `(rows, 1)`: what the sizes of layer-norm terms are measured with.
 fn centered_rstd(x: &Tensor, eps: f64) -> (Tensor, Tensor) {
@@ -66,6 +74,76 @@ fn centered_rstd(x: &Tensor, eps: f64) -> (Tensor, Tensor) {
 /// A pair of `shape` laid out as `kind`, values uniform in `[-1, 1)`.
 fn unit_pair(shape: &[usize], dtype: DType, kind: Kind, rng: &mut Gen, g: &Device) -> Pair {
     pair(shape, dtype, kind, Values::Uniform(-1.0, 1.0), rng, g)
+}
+
+/// `data` as a contiguous `shape` tensor on the CPU and the same values on the device.
+fn uploaded(data: &[f64], shape: &[usize], dtype: DType, g: &Device) -> Pair {
+    let cpu = tensor(data, shape, dtype, &cpu());
+    Pair {
+        gpu: cpu.to_device(g).unwrap(),
+        cpu,
+    }
+}
+
+/// Picks one side of a [`Pair`]: [`on_gpu`] or [`on_cpu`].
+type On = fn(&Pair) -> &Tensor;
+
+fn on_gpu(p: &Pair) -> &Tensor {
+    &p.gpu
+}
+
+fn on_cpu(p: &Pair) -> &Tensor {
+    &p.cpu
+}
+
+/// `op` run on the device's operands and on the CPU's: `(got, want)`.
+fn both<R>(op: impl Fn(On) -> R) -> (R, R) {
+    (op(on_gpu), op(on_cpu))
+}
+
+/// `op` gives the same result on both sides within `tol(dtype)` ([`assert_matches`]).
+fn assert_op(what: &str, op: impl Fn(On) -> glimpse_tensor::Result<Tensor>) {
+    let (got, want) = both(op);
+    assert_matches(&got.unwrap(), &want.unwrap(), what);
+}
+
+/// `f` applied to both sides of `p` (the same view on each device).
+fn map(p: &Pair, f: impl Fn(&Tensor) -> Tensor) -> Pair {
+    Pair {
+        cpu: f(&p.cpu),
+        gpu: f(&p.gpu),
+    }
+}
+
+/// `lead` with `cols` appended.
+fn with_cols(lead: &[usize], cols: usize) -> Vec<usize> {
+    [lead, &[cols]].concat()
+}
+
+/// A property checked on `cases` strategy values on the device, serialised with the other
+/// tests of this binary (see [`check`]).
+fn prop<S>(name: &str, cases: u32, strategy: S, test: impl Fn(&Device, S::Value))
+where
+    S: Strategy,
+    S::Value: std::fmt::Debug,
+{
+    let _serial = serial();
+    check(name, cases, strategy, |g, v| {
+        test(g, v);
+        Ok(())
+    });
+}
+
+/// `test` on the device for each float dtype, serialised with the other tests of this binary;
+/// skips without an adapter (see [`gpu`]).
+fn each_float(name: &str, test: impl Fn(&Device, DType)) {
+    let _serial = serial();
+    let Some(g) = gpu(name) else {
+        return;
+    };
+    for dtype in floats() {
+        test(&g, dtype);
+    }
 }
 
 // ---------------------------------------------------------------------------------- matmul
@@ -102,11 +180,7 @@ fn operand_of(
     let mut shape = batch.to_vec();
     if transposed {
         shape.extend([cols, rows]);
-        let x = pair(&shape, dtype, kind, vals, rng, g);
-        Pair {
-            cpu: x.cpu.t().unwrap(),
-            gpu: x.gpu.t().unwrap(),
-        }
+        map(&pair(&shape, dtype, kind, vals, rng, g), |t| t.t().unwrap())
     } else {
         shape.extend([rows, cols]);
         pair(&shape, dtype, kind, vals, rng, g)
@@ -115,8 +189,7 @@ fn operand_of(
 
 /// Checks `a @ b` against the CPU, scaled by `|a| @ |b|`.
 fn check_matmul(a: &Pair, b: &Pair, what: &str) {
-    let got = a.gpu.matmul(&b.gpu).unwrap();
-    let want = a.cpu.matmul(&b.cpu).unwrap();
+    let (got, want) = both(|on| on(a).matmul(on(b)).unwrap());
     let scale = values(&abs64(&a.cpu).matmul(&abs64(&b.cpu)).unwrap());
     let k = a.cpu.dims()[a.cpu.rank() - 1];
     assert_sum_close(&got, &want, &scale, k, what);
@@ -124,8 +197,7 @@ fn check_matmul(a: &Pair, b: &Pair, what: &str) {
 
 #[test]
 fn matmul_matches_cpu() {
-    let _serial = serial();
-    check(
+    prop(
         "matmul_matches_cpu",
         CASES,
         (
@@ -147,15 +219,13 @@ fn matmul_matches_cpu() {
                 &b,
                 &format!("{dtype} a {ba:?}+{m}x{k} {ka:?} t{ta}, b {bb:?}+{k}x{n} {kb:?} t{tb}"),
             );
-            Ok(())
         },
     );
 }
 
 #[test]
 fn matmul_larger_products() {
-    let _serial = serial();
-    check(
+    prop(
         "matmul_larger_products",
         6,
         (
@@ -170,93 +240,60 @@ fn matmul_larger_products() {
             let a = operand(&[batch], m, k, dtype, Kind::Contiguous, ta, &mut rng, g);
             let b = operand(&[], k, n, dtype, Kind::Narrowed, tb, &mut rng, g);
             check_matmul(&a, &b, &format!("{dtype} {batch}x{m}x{k}x{n} t{ta} t{tb}"));
-            Ok(())
         },
     );
 }
 
 #[test]
 fn matmul_edge_cases() {
-    let _serial = serial();
-    let Some(g) = gpu("matmul_edge_cases") else {
-        return;
-    };
-    for dtype in floats() {
+    each_float("matmul_edge_cases", |g, dtype| {
         // k = 0: zeros over a poisoned output.
-        let a = Tensor::zeros([2, 3, 0], dtype, &g).unwrap();
-        let b = Tensor::zeros([0, 4], dtype, &g).unwrap();
+        let a = Tensor::zeros([2, 3, 0], dtype, g).unwrap();
+        let b = Tensor::zeros([0, 4], dtype, g).unwrap();
         let y = a.matmul(&b).unwrap();
         assert_eq!(y.dims(), &[2, 3, 4]);
         assert_eq!(values(&y), vec![0.0; 24], "{dtype} k = 0");
         // Empty outputs.
-        let a = Tensor::zeros([0, 5], dtype, &g).unwrap();
-        let b = Tensor::zeros([5, 3], dtype, &g).unwrap();
+        let a = Tensor::zeros([0, 5], dtype, g).unwrap();
+        let b = Tensor::zeros([5, 3], dtype, g).unwrap();
         assert_eq!(a.matmul(&b).unwrap().dims(), &[0, 3]);
         // Batch dims that do not merge (permuted), and a broadcast rhs batch.
         let mut rng = Gen::new(3);
-        let a = unit_pair(&[3, 4, 5, 6], dtype, Kind::Permuted, &mut rng, &g);
-        let b = unit_pair(&[3, 4, 6, 2], dtype, Kind::PermutedNarrowed, &mut rng, &g);
+        let a = unit_pair(&[3, 4, 5, 6], dtype, Kind::Permuted, &mut rng, g);
+        let b = unit_pair(&[3, 4, 6, 2], dtype, Kind::PermutedNarrowed, &mut rng, g);
         check_matmul(&a, &b, &format!("{dtype} permuted batches"));
-        let b = unit_pair(&[1, 6, 2], dtype, Kind::Narrowed, &mut rng, &g);
-        let b = Pair {
-            cpu: b.cpu.broadcast_as([4, 6, 2]).unwrap(),
-            gpu: b.gpu.broadcast_as([4, 6, 2]).unwrap(),
-        };
-        let a2 = operand(&[4], 5, 6, dtype, Kind::Contiguous, true, &mut rng, &g);
+        let b = unit_pair(&[1, 6, 2], dtype, Kind::Narrowed, &mut rng, g);
+        let b = map(&b, |t| t.broadcast_as([4, 6, 2]).unwrap());
+        let a2 = operand(&[4], 5, 6, dtype, Kind::Contiguous, true, &mut rng, g);
         check_matmul(&a2, &b, &format!("{dtype} broadcast rhs batch"));
         // More batch entries than one dispatch's 65535 workgroups along z.
-        let a = operand(
-            &[70_000],
-            2,
-            3,
-            dtype,
-            Kind::Contiguous,
-            false,
-            &mut rng,
-            &g,
-        );
-        let b = operand(&[1], 3, 2, dtype, Kind::Contiguous, true, &mut rng, &g);
-        let b = Pair {
-            cpu: b.cpu.broadcast_as([70_000, 3, 2]).unwrap(),
-            gpu: b.gpu.broadcast_as([70_000, 3, 2]).unwrap(),
-        };
+        let contiguous = Kind::Contiguous;
+        let a = operand(&[70_000], 2, 3, dtype, contiguous, false, &mut rng, g);
+        let b = operand(&[1], 3, 2, dtype, contiguous, true, &mut rng, g);
+        let b = map(&b, |t| t.broadcast_as([70_000, 3, 2]).unwrap());
         check_matmul(&a, &b, &format!("{dtype} 70000 batches"));
-    }
+    });
 }
 
 #[test]
 fn matmul_f32_accumulates_exactly_where_the_cpu_does() {
-    let _serial = serial();
-    let Some(g) = gpu("matmul_f32_accumulates_exactly_where_the_cpu_does") else {
-        return;
-    };
     // Integers: every partial sum is exact in f32, so the products must be equal.
-    for dtype in floats() {
-        let mut rng = Gen::new(9);
+    let name = "matmul_f32_accumulates_exactly_where_the_cpu_does";
+    each_float(name, |g, dtype| {
+        let rng = &mut Gen::new(9);
         let ints = Values::Ints(-3, 3);
-        let a = operand_of(
-            &[2],
-            [67, 45],
-            dtype,
-            Kind::Narrowed,
-            true,
-            ints,
-            &mut rng,
-            &g,
-        );
-        let b = pair(&[2, 45, 33], dtype, Kind::Permuted, ints, &mut rng, &g);
-        let got = a.gpu.matmul(&b.gpu).unwrap();
-        let want = a.cpu.matmul(&b.cpu).unwrap();
+        let a = operand_of(&[2], [67, 45], dtype, Kind::Narrowed, true, ints, rng, g);
+        let b = pair(&[2, 45, 33], dtype, Kind::Permuted, ints, rng, g);
+        let (got, want) = both(|on| on(&a).matmul(on(&b)).unwrap());
         assert_same(&got, &want, &format!("{dtype} integer products"));
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------- linear
 
 #[test]
 fn linear_matches_cpu() {
-    let _serial = serial();
-    check(
+    prop(
         "linear_matches_cpu",
         CASES,
         (
@@ -271,12 +308,9 @@ fn linear_matches_cpu() {
             let x = operand(&[], m, k, dtype, kx, false, &mut rng, g);
             let w = operand(&[], n, k, dtype, kw, tw, &mut rng, g);
             let b = kb.map(|kb| pair(&[n], dtype, kb, Values::Uniform(-2.0, 2.0), &mut rng, g));
-            let got = x.gpu.linear(&w.gpu, b.as_ref().map(|b| &b.gpu)).unwrap();
-            let want = x.cpu.linear(&w.cpu, b.as_ref().map(|b| &b.cpu)).unwrap();
-            let mut scale = abs64(&x.cpu).matmul(&abs64(&w.cpu).t().unwrap()).unwrap();
-            if let Some(b) = &b {
-                scale = scale.add(&abs64(&b.cpu)).unwrap();
-            }
+            let (got, want) = both(|on| on(&x).linear(on(&w), b.as_ref().map(on)).unwrap());
+            let scale = abs64(&x.cpu).matmul(&abs64(&w.cpu).t().unwrap()).unwrap();
+            let scale = plus_abs(scale, b.as_ref());
             assert_sum_close(
                 &got,
                 &want,
@@ -284,24 +318,19 @@ fn linear_matches_cpu() {
                 k + 1,
                 &format!("{dtype} x {m}x{k} {kx:?}, w {n}x{k} {kw:?} t{tw}, bias {kb:?}"),
             );
-            Ok(())
         },
     );
 }
 
 #[test]
 fn linear_with_leading_dims_and_k_zero() {
-    let _serial = serial();
-    let Some(g) = gpu("linear_with_leading_dims_and_k_zero") else {
-        return;
-    };
-    for dtype in floats() {
+    each_float("linear_with_leading_dims_and_k_zero", |g, dtype| {
         let mut rng = Gen::new(5);
-        let w = unit_pair(&[7, 9], dtype, Kind::Narrowed, &mut rng, &g);
-        let b = unit_pair(&[7], dtype, Kind::Contiguous, &mut rng, &g);
+        let w = unit_pair(&[7, 9], dtype, Kind::Narrowed, &mut rng, g);
+        let b = unit_pair(&[7], dtype, Kind::Contiguous, &mut rng, g);
         // Leading dims that merge in place, and ones that need a copy.
         for kind in [Kind::Contiguous, Kind::Narrowed, Kind::Permuted] {
-            let x = unit_pair(&[3, 5, 9], dtype, kind, &mut rng, &g);
+            let x = unit_pair(&[3, 5, 9], dtype, kind, &mut rng, g);
             let got = g.backend().linear(&x.gpu, &w.gpu, Some(&b.gpu)).unwrap();
             // The composition rounds the product before adding the bias: take its f32 result.
             let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
@@ -323,14 +352,14 @@ fn linear_with_leading_dims_and_k_zero() {
             );
         }
         // K = 0: the bias alone (and zeros without one), over poisoned outputs.
-        let x = Tensor::zeros([4, 0], dtype, &g).unwrap();
-        let w0 = Tensor::zeros([7, 0], dtype, &g).unwrap();
+        let x = Tensor::zeros([4, 0], dtype, g).unwrap();
+        let w0 = Tensor::zeros([7, 0], dtype, g).unwrap();
         let y = x.linear(&w0, Some(&b.gpu)).unwrap();
         let want = b.cpu.broadcast_as([4, 7]).unwrap().contiguous().unwrap();
         assert_same(&y, &want, &format!("{dtype} k = 0 with bias"));
         let y = x.linear(&w0, None).unwrap();
         assert_eq!(values(&y), vec![0.0; 28], "{dtype} k = 0");
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------- softmax
@@ -342,8 +371,7 @@ fn cols() -> impl Strategy<Value = usize> {
 
 #[test]
 fn softmax_and_log_softmax_match_cpu() {
-    let _serial = serial();
-    check(
+    prop(
         "softmax_and_log_softmax_match_cpu",
         CASES,
         (
@@ -356,8 +384,7 @@ fn softmax_and_log_softmax_match_cpu() {
         ),
         |g, (lead, cols, dtype, kind, other_dim, seed)| {
             let mut rng = Gen::new(seed);
-            let mut shape = lead.clone();
-            shape.push(cols);
+            let shape = with_cols(&lead, cols);
             let x = pair(&shape, dtype, kind, Values::Uniform(-8.0, 8.0), &mut rng, g);
             // Along another dim: the tensor crate hands the kernel a transposed view.
             let dim = if other_dim && !lead.is_empty() {
@@ -366,23 +393,14 @@ fn softmax_and_log_softmax_match_cpu() {
                 shape.len() - 1
             };
             let what = format!("{dtype} {shape:?} {kind:?} dim {dim}");
-            let got = x.gpu.softmax(dim).unwrap();
-            let want = x.cpu.softmax(dim).unwrap();
-            assert_matches(&got, &want, &format!("softmax {what}"));
-            let got = x.gpu.log_softmax(dim).unwrap();
-            let want = x.cpu.log_softmax(dim).unwrap();
-            assert_matches(&got, &want, &format!("log_softmax {what}"));
-            Ok(())
+            assert_op(&format!("softmax {what}"), |on| on(&x).softmax(dim));
+            assert_op(&format!("log_softmax {what}"), |on| on(&x).log_softmax(dim));
         },
     );
 }
 
 #[test]
 fn softmax_masked_rows_and_many_rows() {
-    let _serial = serial();
-    let Some(g) = gpu("softmax_masked_rows_and_many_rows") else {
-        return;
-    };
     let inf = f64::INFINITY;
     // Row 0: some -inf; row 1: all -inf (zeros / -inf, as the CPU backend); row 2: plain.
     let data = [
@@ -390,35 +408,18 @@ fn softmax_masked_rows_and_many_rows() {
         -inf, -inf, -inf, -inf, -inf, //
         3.0, -1.0, 0.0, 2.5, -7.0,
     ];
-    for dtype in floats() {
-        let x = tensor(&data, &[3, 5], dtype, &cpu());
-        let xg = x.to_device(&g).unwrap();
-        assert_matches(
-            &xg.softmax(1).unwrap(),
-            &x.softmax(1).unwrap(),
-            &format!("{dtype} masked softmax"),
-        );
-        assert_matches(
-            &xg.log_softmax(1).unwrap(),
-            &x.log_softmax(1).unwrap(),
-            &format!("{dtype} masked log_softmax"),
-        );
+    each_float("softmax_masked_rows_and_many_rows", |g, dtype| {
+        let x = uploaded(&data, &[3, 5], dtype, g);
+        assert_op(&format!("{dtype} masked softmax"), |on| on(&x).softmax(1));
+        assert_op(&format!("{dtype} masked log_softmax"), |on| {
+            on(&x).log_softmax(1)
+        });
         // More rows than one dispatch's 65535 workgroups.
         let mut rng = Gen::new(1);
-        let x = pair(
-            &[70_000, 3],
-            dtype,
-            Kind::Narrowed,
-            Values::Uniform(-4.0, 4.0),
-            &mut rng,
-            &g,
-        );
-        assert_matches(
-            &x.gpu.softmax(1).unwrap(),
-            &x.cpu.softmax(1).unwrap(),
-            &format!("{dtype} 70000 rows"),
-        );
-    }
+        let vals = Values::Uniform(-4.0, 4.0);
+        let x = pair(&[70_000, 3], dtype, Kind::Narrowed, vals, &mut rng, g);
+        assert_op(&format!("{dtype} 70000 rows"), |on| on(&x).softmax(1));
+    });
 }
 
 // ---------------------------------------------------------------------------------- layer norm
@@ -430,8 +431,7 @@ fn column(cols: usize, dtype: DType, kind: Kind, rng: &mut Gen, g: &Device) -> P
 
 #[test]
 fn layer_norm_matches_cpu() {
-    let _serial = serial();
-    check(
+    prop(
         "layer_norm_matches_cpu",
         CASES,
         (
@@ -445,19 +445,14 @@ fn layer_norm_matches_cpu() {
         ),
         |g, (lead, cols, dtype, kind, (kw, kb), eps, seed)| {
             let mut rng = Gen::new(seed);
-            let mut shape = lead.clone();
-            shape.push(cols);
+            let shape = with_cols(&lead, cols);
             let x = pair(&shape, dtype, kind, Values::Uniform(-3.0, 3.0), &mut rng, g);
             let w = kw.map(|k| column(cols, dtype, k, &mut rng, g));
             let b = kb.map(|k| column(cols, dtype, k, &mut rng, g));
-            let got = x
-                .gpu
-                .layer_norm(w.as_ref().map(|w| &w.gpu), b.as_ref().map(|b| &b.gpu), eps)
-                .unwrap();
-            let want = x
-                .cpu
-                .layer_norm(w.as_ref().map(|w| &w.cpu), b.as_ref().map(|b| &b.cpu), eps)
-                .unwrap();
+            let (got, want) = both(|on| {
+                let (w, b) = (w.as_ref().map(on), b.as_ref().map(on));
+                on(&x).layer_norm(w, b, eps).unwrap()
+            });
             // Rounding of x - mean is amplified by rstd (large for nearly constant rows): scale
             // |x| rstd |weight| per element, plus |bias| and 1.
             let (_, rstd) = centered_rstd(&x.cpu, eps);
@@ -471,9 +466,7 @@ fn layer_norm_matches_cpu() {
             if let Some(w) = &w {
                 scale = scale.mul(&abs64(&w.cpu)).unwrap();
             }
-            if let Some(b) = &b {
-                scale = scale.add(&abs64(&b.cpu)).unwrap();
-            }
+            scale = plus_abs(scale, b.as_ref());
             assert_sum_close(
                 &got,
                 &want,
@@ -482,15 +475,13 @@ fn layer_norm_matches_cpu() {
                 &format!("{dtype} {shape:?} {kind:?} w {kw:?} b {kb:?} eps {eps}"),
             );
             assert_eq!(got.dtype(), dtype);
-            Ok(())
         },
     );
 }
 
 #[test]
 fn layer_norm_backward_matches_cpu() {
-    let _serial = serial();
-    check(
+    prop(
         "layer_norm_backward_matches_cpu",
         CASES,
         (
@@ -504,19 +495,14 @@ fn layer_norm_backward_matches_cpu() {
         ),
         |g, (lead, cols, dtype, (kx, kg), kw, eps, seed)| {
             let mut rng = Gen::new(seed);
-            let mut shape = lead.clone();
-            shape.push(cols);
+            let shape = with_cols(&lead, cols);
             let x = pair(&shape, dtype, kx, Values::Uniform(-3.0, 3.0), &mut rng, g);
             let d = pair(&shape, dtype, kg, Values::Uniform(-2.0, 2.0), &mut rng, g);
             let w = kw.map(|k| column(cols, dtype, k, &mut rng, g));
-            let got = x
-                .gpu
-                .layer_norm_backward(w.as_ref().map(|w| &w.gpu), eps, &d.gpu)
-                .unwrap();
-            let want = x
-                .cpu
-                .layer_norm_backward(w.as_ref().map(|w| &w.cpu), eps, &d.cpu)
-                .unwrap();
+            let (got, want) = both(|on| {
+                let w = w.as_ref().map(on);
+                on(&x).layer_norm_backward(w, eps, on(&d)).unwrap()
+            });
             let what = format!("{dtype} {shape:?} x {kx:?} d_out {kg:?} w {kw:?} eps {eps}");
             // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), scaled by the sizes of
             // its terms; the column sums by the sums of |terms| over the rows.
@@ -564,54 +550,55 @@ fn layer_norm_backward_matches_cpu() {
                 let dw_scale = values(&g_abs.mul(&xhat).unwrap().sum(0).unwrap());
                 assert_sum_close(gw, ww, &dw_scale, rows, &format!("dweight {what}"));
             }
-            Ok(())
         },
     );
 }
 
 #[test]
 fn layer_norm_edge_cases() {
-    let _serial = serial();
-    let Some(g) = gpu("layer_norm_edge_cases") else {
-        return;
-    };
-    for dtype in floats() {
+    each_float("layer_norm_edge_cases", |g, dtype| {
         let mut rng = Gen::new(2);
         // No rows: empty dx, zero column sums.
-        let x = Tensor::zeros([0, 6], dtype, &g).unwrap();
-        let w = Tensor::ones([6], dtype, &g).unwrap();
+        let x = Tensor::zeros([0, 6], dtype, g).unwrap();
+        let w = Tensor::ones([6], dtype, g).unwrap();
         let grads = x.layer_norm_backward(Some(&w), 1e-5, &x).unwrap();
         assert_eq!(grads.dx.dims(), &[0, 6]);
         assert_eq!(values(&grads.dbias), vec![0.0; 6]);
         assert_eq!(values(&grads.dweight.unwrap()), vec![0.0; 6]);
         assert_eq!(x.layer_norm(Some(&w), None, 1e-5).unwrap().dims(), &[0, 6]);
         // One column: x - mean = 0 everywhere.
-        let x = unit_pair(&[5, 1], dtype, Kind::Contiguous, &mut rng, &g);
-        assert_matches(
-            &x.gpu.layer_norm(None, None, 1e-5).unwrap(),
-            &x.cpu.layer_norm(None, None, 1e-5).unwrap(),
-            &format!("{dtype} one column"),
-        );
+        let x = unit_pair(&[5, 1], dtype, Kind::Contiguous, &mut rng, g);
+        assert_op(&format!("{dtype} one column"), |on| {
+            on(&x).layer_norm(None, None, 1e-5)
+        });
         // More rows than one dispatch's 65535 workgroups.
-        let x = unit_pair(&[70_000, 3], dtype, Kind::Permuted, &mut rng, &g);
+        let x = unit_pair(&[70_000, 3], dtype, Kind::Permuted, &mut rng, g);
+        let (got, want) = both(|on| values(&on(&x).layer_norm(None, None, 1e-5).unwrap()));
         assert_close_scaled(
-            &values(&x.gpu.layer_norm(None, None, 1e-5).unwrap()),
-            &values(&x.cpu.layer_norm(None, None, 1e-5).unwrap()),
+            &got,
+            &want,
             &[2.0],
             tol(dtype),
             &format!("{dtype} 70000 rows"),
         );
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------- gelu
 
 const KINDS_GELU: [GeluKind; 3] = [GeluKind::Erf, GeluKind::Tanh, GeluKind::Quick];
 
+/// GELU of `x` and its backward with `d` as the upstream gradient, against the CPU.
+fn check_gelu(x: &Pair, d: &Pair, kind: GeluKind, what: &str) {
+    assert_op(&format!("gelu {what}"), |on| on(x).gelu(kind));
+    assert_op(&format!("gelu_backward {what}"), |on| {
+        on(x).gelu_backward(on(d), kind)
+    });
+}
+
 #[test]
 fn gelu_and_its_gradient_match_cpu() {
-    let _serial = serial();
-    check(
+    prop(
         "gelu_and_its_gradient_match_cpu",
         CASES,
         (
@@ -626,50 +613,26 @@ fn gelu_and_its_gradient_match_cpu() {
             let x = pair(&shape, dtype, kx, Values::Uniform(-6.0, 6.0), &mut rng, g);
             let d = pair(&shape, dtype, kg, Values::Uniform(-2.0, 2.0), &mut rng, g);
             let what = format!("{dtype} {shape:?} {kx:?}/{kg:?} {gk:?}");
-            assert_matches(
-                &x.gpu.gelu(gk).unwrap(),
-                &x.cpu.gelu(gk).unwrap(),
-                &format!("gelu {what}"),
-            );
-            assert_matches(
-                &x.gpu.gelu_backward(&d.gpu, gk).unwrap(),
-                &x.cpu.gelu_backward(&d.cpu, gk).unwrap(),
-                &format!("gelu_backward {what}"),
-            );
-            Ok(())
+            check_gelu(&x, &d, gk, &what);
         },
     );
 }
 
 #[test]
 fn gelu_special_values() {
-    let _serial = serial();
-    let Some(g) = gpu("gelu_special_values") else {
-        return;
-    };
     // Both branches of erf and tanh, their switch points, large magnitudes and zeros.
     let xs = [
         -100.0, -20.0, -10.0, -5.0, -3.9, -2.0, -0.93, -0.92, -0.63, -0.62, -1e-3, -1e-6, 0.0,
         1e-6, 1e-3, 0.62, 0.63, 0.92, 0.93, 2.0, 3.9, 4.1, 5.0, 10.0, 20.0, 100.0,
     ];
     let ds = vec![1.5; xs.len()];
-    for dtype in floats() {
-        let x = tensor(&xs, &[xs.len()], dtype, &cpu());
-        let d = tensor(&ds, &[xs.len()], dtype, &cpu());
-        let (xg, dg) = (x.to_device(&g).unwrap(), d.to_device(&g).unwrap());
+    each_float("gelu_special_values", |g, dtype| {
+        let x = uploaded(&xs, &[xs.len()], dtype, g);
+        let d = uploaded(&ds, &[xs.len()], dtype, g);
         for kind in KINDS_GELU {
-            assert_matches(
-                &xg.gelu(kind).unwrap(),
-                &x.gelu(kind).unwrap(),
-                &format!("{dtype} gelu {kind:?}"),
-            );
-            assert_matches(
-                &xg.gelu_backward(&dg, kind).unwrap(),
-                &x.gelu_backward(&d, kind).unwrap(),
-                &format!("{dtype} gelu_backward {kind:?}"),
-            );
+            check_gelu(&x, &d, kind, &format!("{dtype} {kind:?}"));
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------- queue

@@ -39,9 +39,61 @@ fn close(got: &Tensor, want: &Tensor, t: f64, s: f64, what: &str) -> Result<(), 
     Ok(())
 }
 
+/// [`close`] for an optional output: both sides have it (and are close) or neither has it and
+/// it was not `expected`.
+fn close_opt(
+    [got, want]: [&Option<Tensor>; 2],
+    expected: bool,
+    t: f64,
+    s: f64,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    match (got, want) {
+        (Some(a), Some(b)) => close(a, b, t, s, what)?,
+        (None, None) => prop_assert!(!expected, "{}: missing on both sides", what),
+        _ => prop_assert!(false, "{} present on one side only", what),
+    }
+    Ok(())
+}
+
 /// The tolerance of an output of `dtype` whose f32 arithmetic carries relative error `f32_t`.
 fn t_of(dtype: DType, f32_t: f64) -> f64 {
     tol(dtype).max(f32_t)
+}
+
+/// `op` run with the device's side of each [`Pair`] and `dev`, then with the CPU's side and
+/// the CPU: `(got, want)`.
+fn both<R>(dev: &Device, op: impl Fn(fn(&Pair) -> &Tensor, &Device) -> R) -> (R, R) {
+    (op(|p| &p.gpu, dev), op(|p| &p.cpu, &cpu()))
+}
+
+/// Runs `check_one` on `cases` values of `strategy` on the device (see [`check`]), serialised
+/// with the other tests of this binary.
+fn prop<C: std::fmt::Debug>(
+    name: &str,
+    cases: u32,
+    strategy: impl Strategy<Value = C>,
+    check_one: fn(&Device, &C) -> Result<(), TestCaseError>,
+) {
+    let _serial = serial();
+    check(name, cases, strategy, |dev, c| check_one(dev, &c));
+}
+
+/// Runs `check` on each of `cases` whose dtype (`dtype_of`) the device computes with, or
+/// skips without an adapter; serialised with the other tests of this binary.
+fn each_case<C: std::fmt::Debug>(
+    name: &str,
+    cases: &[C],
+    dtype_of: impl Fn(&C) -> DType,
+    check: impl Fn(&Device, &C) -> Result<(), TestCaseError>,
+) {
+    let _serial = serial();
+    let Some(dev) = gpu(name) else {
+        return;
+    };
+    for c in cases.iter().filter(|c| floats().contains(&dtype_of(c))) {
+        check(&dev, c).unwrap_or_else(|e| panic!("{name} {c:?}: {e}"));
+    }
 }
 
 // ---------------------------------------------------------------------------------- patch_embed
@@ -159,25 +211,14 @@ fn size_of_sum(n: usize) -> f64 {
 fn check_patch(dev: &Device, c: &PatchCase) -> Result<(), TestCaseError> {
     let mut g = Gen::new(c.seed);
     let x = patch_inputs(c, &mut g, dev);
-    let opts_cpu = patch_opts(c, &x.cls.cpu, &x.pos.cpu);
-    let opts_gpu = patch_opts(c, &x.cls.gpu, &x.pos.gpu);
+    let opts = |on: fn(&Pair) -> &Tensor| patch_opts(c, on(&x.cls), on(&x.pos));
     let k = c.c * c.p * c.p;
     let t = t_of(c.dtype, 1e-5);
 
-    let want = Tensor::patch_embed(
-        &x.images.cpu,
-        &x.weight.cpu,
-        c.bias.then_some(&x.bias.cpu),
-        &opts_cpu,
-    )
-    .unwrap();
-    let got = Tensor::patch_embed(
-        &x.images.gpu,
-        &x.weight.gpu,
-        c.bias.then_some(&x.bias.gpu),
-        &opts_gpu,
-    )
-    .unwrap();
+    let (got, want) = both(dev, |on, _| {
+        let bias = c.bias.then_some(on(&x.bias));
+        Tensor::patch_embed(on(&x.images), on(&x.weight), bias, &opts(on)).unwrap()
+    });
     close(&got, &want, t, size_of_sum(k), "patch_embed")?;
 
     let d_out = pair(
@@ -188,61 +229,40 @@ fn check_patch(dev: &Device, c: &PatchCase) -> Result<(), TestCaseError> {
         &mut g,
         dev,
     );
-    let want = Tensor::patch_embed_backward(
-        &x.images.cpu,
-        &x.weight.cpu,
-        &opts_cpu,
-        &d_out.cpu,
-        c.need_images,
-    )
-    .unwrap();
-    let got = Tensor::patch_embed_backward(
-        &x.images.gpu,
-        &x.weight.gpu,
-        &opts_gpu,
-        &d_out.gpu,
-        c.need_images,
-    )
-    .unwrap();
+    let (got, want) = both(dev, |on, _| {
+        let (images, weight) = (on(&x.images), on(&x.weight));
+        Tensor::patch_embed_backward(images, weight, &opts(on), on(&d_out), c.need_images).unwrap()
+    });
     let m = c.b * c.gh * c.gw;
     close(&got.d_weight, &want.d_weight, t, size_of_sum(m), "d_weight")?;
     close(&got.d_bias, &want.d_bias, t, size_of_sum(m), "d_bias")?;
-    match (&got.d_images, &want.d_images) {
-        (Some(a), Some(b)) => close(a, b, t, size_of_sum(c.e) / 2.0, "d_images")?,
-        (None, None) => prop_assert!(!c.need_images),
-        _ => prop_assert!(false, "d_images present on one side only"),
-    }
-    match (&got.d_class, &want.d_class) {
-        (Some(a), Some(b)) => close(a, b, t, size_of_sum(c.b), "d_class")?,
-        (None, None) => prop_assert!(!c.cls),
-        _ => prop_assert!(false, "d_class present on one side only"),
-    }
-    match (&got.d_position, &want.d_position) {
-        (Some(a), Some(b)) => close(a, b, t, size_of_sum(c.b), "d_position")?,
-        (None, None) => prop_assert!(!c.pos),
-        _ => prop_assert!(false, "d_position present on one side only"),
-    }
-    Ok(())
+    let (d_images, sb) = ([&got.d_images, &want.d_images], size_of_sum(c.b));
+    close_opt(
+        d_images,
+        c.need_images,
+        t,
+        size_of_sum(c.e) / 2.0,
+        "d_images",
+    )?;
+    close_opt([&got.d_class, &want.d_class], c.cls, t, sb, "d_class")?;
+    close_opt(
+        [&got.d_position, &want.d_position],
+        c.pos,
+        t,
+        sb,
+        "d_position",
+    )
 }
 
 #[test]
 fn patch_embed_and_gradients_match_cpu() {
-    let _serial = serial();
-    check(
-        "patch_embed_and_gradients_match_cpu",
-        64,
-        patch_case(),
-        |dev, c| check_patch(dev, &c),
-    );
+    let name = "patch_embed_and_gradients_match_cpu";
+    prop(name, 64, patch_case(), check_patch);
 }
 
-#[test]
-fn patch_embed_edge_cases() {
-    let _serial = serial();
-    let Some(dev) = gpu("patch_embed_edge_cases") else {
-        return;
-    };
-    let base = PatchCase {
+/// A small contiguous f32 case with every option on.
+fn plain_patch_case() -> PatchCase {
+    PatchCase {
         b: 2,
         c: 3,
         p: 4,
@@ -262,7 +282,12 @@ fn patch_embed_edge_cases() {
             Kind::Contiguous,
         ),
         seed: 7,
-    };
+    }
+}
+
+#[test]
+fn patch_embed_edge_cases() {
+    let base = plain_patch_case();
     let cases = [
         // One patch per image, P = 1 (a 1 x 1 convolution), the largest cropped edges.
         PatchCase {
@@ -317,43 +342,20 @@ fn patch_embed_edge_cases() {
             ..base.clone()
         },
     ];
-    for c in cases {
-        if !floats().contains(&c.dtype) {
-            continue;
-        }
-        check_patch(&dev, &c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    }
+    each_case("patch_embed_edge_cases", &cases, |c| c.dtype, check_patch);
 }
 
 /// ViT-B/16 and CLIP-L/14 at 224 pixels, f32, batch 2, forward and gradients.
 #[test]
 fn patch_embed_vit_shape() {
-    let _serial = serial();
-    let Some(dev) = gpu("patch_embed_vit_shape") else {
-        return;
-    };
     let vit = PatchCase {
-        b: 2,
-        c: 3,
         p: 16,
         gh: 14,
         gw: 14,
-        crop: (0, 0),
         e: 768,
-        dtype: DType::F32,
-        bias: true,
-        cls: true,
-        pos: true,
-        need_images: true,
-        kinds: (
-            Kind::Contiguous,
-            Kind::Contiguous,
-            Kind::Contiguous,
-            Kind::Contiguous,
-        ),
         seed: 16,
+        ..plain_patch_case()
     };
-    check_patch(&dev, &vit).unwrap_or_else(|e| panic!("ViT-B/16: {e}"));
     let clip_l = PatchCase {
         p: 14,
         gh: 16,
@@ -361,9 +363,14 @@ fn patch_embed_vit_shape() {
         e: 1024,
         need_images: false,
         seed: 14,
-        ..vit
+        ..vit.clone()
     };
-    check_patch(&dev, &clip_l).unwrap_or_else(|e| panic!("CLIP-L/14: {e}"));
+    each_case(
+        "patch_embed_vit_shape",
+        &[vit, clip_l],
+        |c| c.dtype,
+        check_patch,
+    );
 }
 
 // ---------------------------------------------------------------------------------- contrastive
@@ -436,27 +443,22 @@ fn check_clip(dev: &Device, c: &ClipCase) -> Result<(), TestCaseError> {
     let mut g = Gen::new(c.seed);
     // Rows of norm about 1, as CLIP's normalised embeddings: logits within about +-scale.
     let a = (3.0 / c.d.max(1) as f64).sqrt();
-    let image = pair(
-        &[c.n, c.d],
-        c.dtype,
-        c.kinds.0,
-        Values::Uniform(-a, a),
-        &mut g,
-        dev,
-    );
-    let text = pair(
-        &[c.n, c.d],
-        c.dtype,
-        c.kinds.1,
-        Values::Uniform(-a, a),
-        &mut g,
-        dev,
-    );
-    let scale_cpu = scalar(c.scale, c.side_dtype, c.scale_rank, &cpu());
-    let scale_gpu = scalar(c.scale, c.side_dtype, c.scale_rank, dev);
+    let mut embeddings = |kind| {
+        pair(
+            &[c.n, c.d],
+            c.dtype,
+            kind,
+            Values::Uniform(-a, a),
+            &mut g,
+            dev,
+        )
+    };
+    let (image, text) = (embeddings(c.kinds.0), embeddings(c.kinds.1));
+    let scale = |dev: &Device| scalar(c.scale, c.side_dtype, c.scale_rank, dev);
 
-    let want = Tensor::contrastive_loss(&image.cpu, &text.cpu, &scale_cpu).unwrap();
-    let got = Tensor::contrastive_loss(&image.gpu, &text.gpu, &scale_gpu).unwrap();
+    let (got, want) = both(dev, |on, dev| {
+        Tensor::contrastive_loss(on(&image), on(&text), &scale(dev)).unwrap()
+    });
     // Logits carry f32 rounding of about 1e-7 * scale; outputs are f32 for every input dtype.
     let t = 2e-5;
     close(&got.loss, &want.loss, t, c.scale, "loss")?;
@@ -469,24 +471,11 @@ fn check_clip(dev: &Device, c: &ClipCase) -> Result<(), TestCaseError> {
         lse_rows: saved_vector(&want.lse_rows, c.side_dtype, c.strided_lse, dev),
         lse_cols: saved_vector(&want.lse_cols, c.side_dtype, c.strided_lse, dev),
     };
-    let d_loss_cpu = scalar(c.d_loss, c.side_dtype, 0, &cpu());
-    let d_loss_gpu = scalar(c.d_loss, c.side_dtype, 0, dev);
-    let want = Tensor::contrastive_loss_backward(
-        &image.cpu,
-        &text.cpu,
-        &scale_cpu,
-        &saved(&cpu()),
-        &d_loss_cpu,
-    )
-    .unwrap();
-    let got = Tensor::contrastive_loss_backward(
-        &image.gpu,
-        &text.gpu,
-        &scale_gpu,
-        &saved(dev),
-        &d_loss_gpu,
-    )
-    .unwrap();
+    let (got, want) = both(dev, |on, dev| {
+        let d_loss = scalar(c.d_loss, c.side_dtype, 0, dev);
+        let (image, text) = (on(&image), on(&text));
+        Tensor::contrastive_loss_backward(image, text, &scale(dev), &saved(dev), &d_loss).unwrap()
+    });
     // Probabilities inherit the logits' rounding times the scale (about 1e-5 relative at
     // scale 100); the gradients' natural size is |d_loss| * scale / N * a per element.
     let t = t_of(c.dtype, 1e-4);
@@ -499,21 +488,12 @@ fn check_clip(dev: &Device, c: &ClipCase) -> Result<(), TestCaseError> {
 
 #[test]
 fn contrastive_loss_and_gradients_match_cpu() {
-    let _serial = serial();
-    check(
-        "contrastive_loss_and_gradients_match_cpu",
-        96,
-        clip_case(),
-        |dev, c| check_clip(dev, &c),
-    );
+    let name = "contrastive_loss_and_gradients_match_cpu";
+    prop(name, 96, clip_case(), check_clip);
 }
 
 #[test]
 fn contrastive_edge_cases() {
-    let _serial = serial();
-    let Some(dev) = gpu("contrastive_edge_cases") else {
-        return;
-    };
     let base = ClipCase {
         n: 33,
         d: 17,
@@ -571,12 +551,7 @@ fn contrastive_edge_cases() {
             ..base.clone()
         },
     ];
-    for c in cases {
-        if !floats().contains(&c.dtype) {
-            continue;
-        }
-        check_clip(&dev, &c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    }
+    each_case("contrastive_edge_cases", &cases, |c| c.dtype, check_clip);
 }
 
 /// The forward and backward record their dispatches without reading anything back.
@@ -588,19 +563,13 @@ fn no_read_back_inside_the_ops() {
     };
     let mut g = Gen::new(1);
     let u = Values::Uniform(-1.0, 1.0);
-    let images = pair(
-        &[2, 3, 9, 10],
-        DType::F32,
-        Kind::Contiguous,
-        u,
-        &mut g,
-        &dev,
-    )
-    .gpu;
-    let weight = pair(&[6, 3, 4, 4], DType::F32, Kind::Contiguous, u, &mut g, &dev).gpu;
-    let d_out = pair(&[2, 4, 6], DType::F32, Kind::Contiguous, u, &mut g, &dev).gpu;
-    let x = pair(&[40, 8], DType::F32, Kind::Contiguous, u, &mut g, &dev).gpu;
-    let y = pair(&[40, 8], DType::F32, Kind::Contiguous, u, &mut g, &dev).gpu;
+    let mut input =
+        |shape: &[usize]| pair(shape, DType::F32, Kind::Contiguous, u, &mut g, &dev).gpu;
+    let images = input(&[2, 3, 9, 10]);
+    let weight = input(&[6, 3, 4, 4]);
+    let d_out = input(&[2, 4, 6]);
+    let x = input(&[40, 8]);
+    let y = input(&[40, 8]);
     let scale = scalar(10.0, DType::F32, 0, &dev);
     let d_loss = scalar(1.0, DType::F32, 0, &dev);
     be.synchronize().unwrap();
