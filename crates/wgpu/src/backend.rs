@@ -107,7 +107,6 @@ pub struct Kernel<'a> {
     pub constants: &'a [(&'static str, u32)],
 }
 
-#[allow(dead_code)] // used by the kernels of the next commits
 impl<'a> Kernel<'a> {
     /// A kernel of one element type with its default constants.
     pub fn new(file: &'static str, entry: &'static str, t: Elem) -> Self {
@@ -142,7 +141,6 @@ pub fn workgroups_for(n: usize, wg: u32) -> [u32; 3] {
 #[derive(Clone, Debug, Default)]
 pub struct Params(Vec<u32>);
 
-#[allow(dead_code)] // used by the kernels of the next commits
 impl Params {
     pub fn new() -> Self {
         Params(Vec::with_capacity(32))
