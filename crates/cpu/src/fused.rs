@@ -115,29 +115,30 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         ),
         _ => (f32_data(x)?, k, 1),
     };
-    let mut out = match bias {
+    let a = crate::gemm::MatRef::new(&data, rs, cs);
+    let out = match bias {
         Some(b) => {
             let b = f32_data(b)?;
-            produce(m * n, row_chunk(n), |start, dst| {
+            let mut out = produce(m * n, row_chunk(n), |start, dst| {
                 // Chunks hold whole rows (row_chunk), so every chunk starts at a row.
                 debug_assert_eq!(start % n, 0);
                 for row in dst.chunks_mut(n) {
                     row.copy_from_slice(&b);
                 }
-            })
+            });
+            crate::gemm::sgemm_packed_b(m, 1.0, a, &packed, true, &mut out, n, true);
+            out
         }
-        None => vec![0.0f32; m * n],
+        None => {
+            // No zero-fill: the product writes every element.
+            let mut out: Vec<f32> = Vec::with_capacity(m * n);
+            let spare = &mut out.spare_capacity_mut()[..m * n];
+            crate::gemm::sgemm_packed_b_uninit(m, 1.0, a, &packed, spare, n, true);
+            // SAFETY: `sgemm_packed_b_uninit` wrote the whole `m x n` block (`ldc = n`).
+            unsafe { out.set_len(m * n) };
+            out
+        }
     };
-    crate::gemm::sgemm_packed_b(
-        m,
-        1.0,
-        crate::gemm::MatRef::new(&data, rs, cs),
-        &packed,
-        bias.is_some(),
-        &mut out,
-        n,
-        true,
-    );
     from_f32(out, [m, n], x.dtype(), x)
 }
 

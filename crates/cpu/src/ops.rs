@@ -3,6 +3,7 @@
 use glimpse_tensor::{BinaryOp, DType, Error, Layout, ReduceOp, Result, UnaryOp, WithDType};
 use half::{bf16, f16};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::float::{Float, FloatElem};
 use crate::gemm::{self, MatRef};
@@ -196,10 +197,24 @@ pub fn binary(
                     cmp(x.to_acc(), y.to_acc())
                 }))
             } else {
-                let f = binary_fn::<<$T as FloatElem>::Acc>(op);
-                storage_from_vec(zip_map($a, ll, $b, rl, move |x: $T, y: $T| {
-                    <$T>::from_acc(f(x.to_acc(), y.to_acc()))
-                }))
+                type A = <$T as FloatElem>::Acc;
+                // The four arithmetic ops get their own instantiation of the loop, which then
+                // vectorises; through a function pointer every element is an indirect call.
+                macro_rules! apply {
+                    ($f:expr) => {{
+                        let f = $f;
+                        storage_from_vec(zip_map($a, ll, $b, rl, move |x: $T, y: $T| {
+                            <$T>::from_acc(f(x.to_acc(), y.to_acc()))
+                        }))
+                    }};
+                }
+                match op {
+                    BinaryOp::Add => apply!(|x: A, y: A| x + y),
+                    BinaryOp::Sub => apply!(|x: A, y: A| x - y),
+                    BinaryOp::Mul => apply!(|x: A, y: A| x * y),
+                    BinaryOp::Div => apply!(|x: A, y: A| x / y),
+                    _ => apply!(binary_fn::<A>(op)),
+                }
             }
         }};
     }
@@ -287,6 +302,57 @@ fn reduce_rows<T: Copy + Send + Sync, O: Copy + Send + Sync>(
     }
 }
 
+/// Sum over `dim` of a contiguous layout whose `dim` is not the last: for each outer index the
+/// rows of `inner` values are added in order into one accumulator row, so the loop runs over
+/// contiguous memory and vectorises (a bias gradient, the column sums of `(rows, cols)`, is the
+/// common case). Each output element still adds its inputs in the same order as the generic
+/// row-by-row path, so the two give the same bits.
+fn sum_leading<T: FloatElem + Send + Sync>(data: &[T], layout: &Layout, dim: usize) -> Vec<T>
+where
+    T::Acc: Send,
+{
+    type Acc<T> = <T as FloatElem>::Acc;
+    let dims = layout.dims();
+    let outer: usize = dims[..dim].iter().product();
+    let len = dims[dim];
+    let inner: usize = dims[dim + 1..].iter().product();
+    let src = &data[layout.offset()..][..outer * len * inner];
+    if outer * inner == 0 {
+        return vec![T::from_acc(Acc::<T>::ZERO); outer * inner];
+    }
+    // One task per (outer index, block of columns): the reduced dimension is never split, so
+    // the order of the additions does not depend on the thread count.
+    const COLS: usize = 1024;
+    let mut out = vec![T::from_acc(Acc::<T>::ZERO); outer * inner];
+    let tasks: Vec<(usize, usize, &mut [T])> = out
+        .chunks_mut(inner)
+        .enumerate()
+        .flat_map(|(o, row)| {
+            row.chunks_mut(COLS)
+                .enumerate()
+                .map(move |(b, dst)| (o, b * COLS, dst))
+        })
+        .collect();
+    let task = |(o, c0, dst): (usize, usize, &mut [T])| {
+        let mut acc = vec![Acc::<T>::ZERO; dst.len()];
+        for r in 0..len {
+            let row = &src[(o * len + r) * inner + c0..][..dst.len()];
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a += x.to_acc();
+            }
+        }
+        for (d, a) in dst.iter_mut().zip(acc) {
+            *d = T::from_acc(a);
+        }
+    };
+    if layout.elem_count() < PAR_THRESHOLD || tasks.len() == 1 {
+        tasks.into_iter().for_each(task);
+    } else {
+        tasks.into_par_iter().for_each(task);
+    }
+    out
+}
+
 fn arg_best<T: PartialOrd + Copy>(
     it: &mut dyn Iterator<Item = T>,
     better: fn(&T, &T) -> bool,
@@ -305,6 +371,9 @@ pub fn reduce(op: ReduceOp, src: &CpuStorage, layout: &Layout, dim: usize) -> Re
     Ok(float_dispatch!(src, v: T => {
         type A = <T as FloatElem>::Acc;
         match op {
+            ReduceOp::Sum if layout.is_contiguous() && dim + 1 < layout.dims().len() => {
+                storage_from_vec(sum_leading(v, layout, dim))
+            }
             ReduceOp::Sum => storage_from_vec(reduce_rows(v, layout, dim, |it| {
                 let mut acc = A::ZERO;
                 for x in it { acc += x.to_acc(); }
@@ -348,36 +417,42 @@ fn matmul_f32(a: &[f32], al: &Layout, b: &[f32], bl: &Layout) -> Vec<f32> {
     let (a_starts, [m, k, ars, acs]) = matrices(al);
     let (b_starts, [_, n, brs, bcs]) = matrices(bl);
     let batches = a_starts.len();
-    let mut out = vec![0.0f32; batches * m * n];
+    let len = batches * m * n;
     // With k = 0 the product is all zeros, and an empty operand's batch offsets may point past
     // the end of its (empty) storage, so it must not be sliced.
     if m * n == 0 || k == 0 {
-        return out;
+        return vec![0.0f32; len];
     }
-    let one = |c: &mut [f32], ao: usize, bo: usize, parallel: bool| {
-        gemm::sgemm(
+    // No zero-fill: the products write every element (each batch is one `m x n` block with
+    // leading dimension `n`).
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let one = |c: &mut [MaybeUninit<f32>], ao: usize, bo: usize, parallel: bool| {
+        gemm::sgemm_uninit(
             m,
             n,
             k,
             1.0,
             MatRef::new(&a[ao..], ars, acs),
             MatRef::new(&b[bo..], brs, bcs),
-            false,
             c,
             n,
             parallel,
         );
     };
     let threads = rayon::current_num_threads();
+    let spare = &mut out.spare_capacity_mut()[..len];
     if batches >= 2 * threads && m * n * k < 1 << 24 {
-        out.par_chunks_mut(m * n)
+        spare
+            .par_chunks_mut(m * n)
             .zip(a_starts.par_iter().zip(b_starts.par_iter()))
             .for_each(|(c, (&ao, &bo))| one(c, ao, bo, false));
     } else {
-        for (c, (&ao, &bo)) in out.chunks_mut(m * n).zip(a_starts.iter().zip(&b_starts)) {
+        for (c, (&ao, &bo)) in spare.chunks_mut(m * n).zip(a_starts.iter().zip(&b_starts)) {
             one(c, ao, bo, true);
         }
     }
+    // SAFETY: the chunks cover `0..len` and `sgemm_uninit` wrote every element of each.
+    unsafe { out.set_len(len) };
     out
 }
 

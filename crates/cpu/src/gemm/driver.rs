@@ -3,6 +3,7 @@
 
 use super::MatRef;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Signature shared by the micro-kernels: `C[mr x nr] = alpha * Ap @ Bp (+ C)` over `kc` steps,
 /// with `Ap` packed as `kc` groups of `MR` floats and `Bp` as `kc` aligned rows of `NR` floats.
@@ -35,7 +36,37 @@ pub(super) struct Kernel {
     /// `dst[p * ds + i] = src[i * ss + p]` for `i < r <= 16`, `p < len` (see
     /// `kernel_avx512::transpose_pack`).
     pub transpose: Option<TransposeFn>,
+    /// A variant of `run` that can read either operand in place instead of packed (see
+    /// `kernel_avx512::kernel_strided`), where the ISA has one.
+    pub run_strided: Option<StridedKernelFn>,
 }
+
+/// Signature of [`Kernel::run_strided`]: as [`KernelFn`], with A's row and depth strides
+/// after `a` (`a_ps = 0`: packed) and B's row stride after `b` (`ldb = 0`: packed).
+pub(super) type StridedKernelFn = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_ps: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    accumulate: bool,
+);
+
+/// The widest B block (in columns) for which a row- or column-major A is read in place
+/// instead of packed: each A micro-panel then feeds at most this many / `nr` register tiles,
+/// too few to pay for the copy.
+const IN_PLACE_A_MAX_COLS: usize = 256;
+
+/// The largest row stride (in floats) at which a row-major B is read in place instead of
+/// packed: a micro-panel's `kc` rows then lie within a few pages, so reading them where they
+/// are costs no more than reading a packed copy.
+const IN_PLACE_B_MAX_STRIDE: usize = 1024;
 
 /// Signature of [`Kernel::transpose`]: `(src, ss, r, len, dst, ds)`.
 pub(super) type TransposeFn =
@@ -213,6 +244,7 @@ impl PackedPanels {
 const PAR_MIN_PACK: usize = 1 << 16;
 
 /// `C = alpha * A @ B (+ C)` for `m, n, k >= 1` and views already checked to be in bounds
+/// (C may be uninitialised when `accumulate` is false: it is then written before it is read)
 /// (`c` holds the `m x n` block with leading dimension `ldc >= n` when `m > 1`; a packed `b`
 /// was packed for `kern` with at least `k` rows and `n` columns).
 #[allow(clippy::too_many_arguments)]
@@ -225,7 +257,7 @@ pub(super) fn gemm(
     a: MatRef<'_>,
     b: BSrc<'_>,
     accumulate: bool,
-    c: &mut [f32],
+    c: &mut [MaybeUninit<f32>],
     ldc: usize,
     parallel: bool,
 ) {
@@ -234,7 +266,9 @@ pub(super) fn gemm(
     } else {
         1
     };
-    let cp = CPtr(c.as_mut_ptr());
+    // C is only written through this pointer: without `accumulate` every element of the
+    // `m x n` block is stored before it is ever read, so C may start uninitialised.
+    let cp = CPtr(c.as_mut_ptr().cast::<f32>());
     if threads <= 1 {
         // SAFETY: the whole of C is ours for the duration of the call.
         unsafe { gemm_block(kern, m, n, k, alpha, a, b, accumulate, cp, ldc) };
@@ -313,46 +347,81 @@ unsafe fn gemm_block(
         };
         let ap = abuf.get(mc_max * kc_max);
         let bp = bbuf.get(nc_max * kc_max);
+        // A row-major B is read in place (no packing) where the kernel can.
+        let b_in_place = match b {
+            BSrc::View(v)
+                if v.col_stride == 1 && (1..=IN_PLACE_B_MAX_STRIDE).contains(&v.row_stride) =>
+            {
+                kern.run_strided.map(|run| (run, v))
+            }
+            _ => None,
+        };
         for jc in (0..n).step_by(kern.nc) {
             let nc = kern.nc.min(n - jc);
+            // A row- or column-major A is read in place when this block is narrow:
+            // (row stride, depth stride) of its elements.
+            let a_in_place = match (kern.run_strided, a.col_stride, a.row_stride) {
+                (Some(run), 1, rs) if nc <= IN_PLACE_A_MAX_COLS => Some((run, rs, 1)),
+                (Some(run), cs, 1) if cs > 0 && nc <= IN_PLACE_A_MAX_COLS => Some((run, 1, cs)),
+                _ => None,
+            };
+            let strided = a_in_place.map(|x| x.0).or(b_in_place.map(|x| x.0));
             for pc in (0..k).step_by(kern.kc) {
                 let kc = kern.kc.min(k - pc);
                 let acc = accumulate || pc > 0;
-                // The B micro-panel of columns `jc + jr ..`.
-                let b_panel: &dyn Fn(usize) -> *const f32 = match b {
-                    BSrc::View(v) => {
-                        pack_b(kern, v, pc, kc, jc, nc, bp);
-                        &|jr| bp[jr * kc..(jr + nr) * kc].as_ptr()
+                // The B micro-panel of columns `jc + jr ..`, and its row stride when in place.
+                let b_panel: &dyn Fn(usize) -> (*const f32, usize) = match (b, b_in_place) {
+                    (_, Some((_, v))) => {
+                        &move |jr| (v.data[pc * v.row_stride + jc + jr..].as_ptr(), v.row_stride)
                     }
-                    BSrc::Packed { b, col0 } => &move |jr| b.panel(pc, col0 + jc + jr),
+                    (BSrc::View(v), None) => {
+                        pack_b(kern, v, pc, kc, jc, nc, bp);
+                        &|jr| (bp[jr * kc..(jr + nr) * kc].as_ptr(), 0)
+                    }
+                    (BSrc::Packed { b, col0 }, None) => &move |jr| (b.panel(pc, col0 + jc + jr), 0),
                 };
                 for ic in (0..m).step_by(kern.mc) {
                     let mc = kern.mc.min(m - ic);
-                    pack_a(kern, a, ic, mc, pc, kc, ap);
+                    if a_in_place.is_none() {
+                        pack_a(kern, a, ic, mc, pc, kc, ap);
+                    }
                     // A micro-panel outer: it stays in L1 while B micro-panels stream from L2.
                     for ir in (0..mc).step_by(mr) {
                         let mrr = mr.min(mc - ir);
-                        let a_panel = ap[ir * kc..].as_ptr();
+                        // The A micro-panel and its (row, depth) strides; (_, 0) when packed.
+                        let (a_panel, a_rs, a_ps) = match a_in_place {
+                            Some((_, rs, ps)) => {
+                                (a.data[(ic + ir) * rs + pc * ps..].as_ptr(), rs, ps)
+                            }
+                            None => (ap[ir * kc..].as_ptr(), 1, 0),
+                        };
                         for jr in (0..nc).step_by(nr) {
                             let nrr = nr.min(nc - jr);
-                            // SAFETY: the packed panels hold `kc * mr` / `kc * nr` floats at these
-                            // offsets (B panels start 64-byte aligned: buffers are aligned and
-                            // every panel offset is a multiple of 16 floats), the kernel matches
-                            // the ISA chosen at dispatch (a packed B was packed for `kern`), and
-                            // the C tile at (ic + ir, jc + jr) of size `mrr x nrr` is inside our
-                            // exclusively owned `m x n` block.
-                            unsafe {
-                                (kern.run)(
-                                    kc,
-                                    a_panel,
-                                    b_panel(jr),
-                                    c.0.add((ic + ir) * ldc + jc + jr),
-                                    ldc,
-                                    mrr,
-                                    nrr,
-                                    alpha,
-                                    acc,
-                                );
+                            let (b_ptr, ldb) = b_panel(jr);
+                            let c_tile = c.0.wrapping_add((ic + ir) * ldc + jc + jr);
+                            match strided {
+                                // SAFETY: packed panels as below; an in-place A's rows
+                                // `ic + ir ..+ mrr` and depths `pc ..+ kc`, and an in-place
+                                // B's rows `pc ..+ kc` and columns `jc + jr ..+ nrr`, are
+                                // elements of views checked to cover `m x k` and `k x n`, so
+                                // every read the kernel makes at its strides is inside them.
+                                Some(run) => unsafe {
+                                    run(
+                                        kc, a_panel, a_rs, a_ps, b_ptr, ldb, c_tile, ldc, mrr, nrr,
+                                        alpha, acc,
+                                    )
+                                },
+                                // SAFETY: the packed panels hold `kc * mr` / `kc * nr` floats
+                                // at these offsets (B panels start 64-byte aligned: buffers are
+                                // aligned and every panel offset is a multiple of 16 floats),
+                                // the kernel matches the ISA chosen at dispatch (a packed B was
+                                // packed for `kern`), and the C tile at (ic + ir, jc + jr) of
+                                // size `mrr x nrr` is inside our exclusively owned `m x n` block.
+                                None => unsafe {
+                                    (kern.run)(
+                                        kc, a_panel, b_ptr, c_tile, ldc, mrr, nrr, alpha, acc,
+                                    )
+                                },
                             }
                         }
                     }

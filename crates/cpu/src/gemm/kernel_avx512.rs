@@ -33,14 +33,109 @@ pub(super) unsafe fn kernel(
     alpha: f32,
     accumulate: bool,
 ) {
+    let ops = Operands {
+        a,
+        a_rs: 1,
+        a_ps: MR,
+        b,
+        ldb: NR,
+    };
+    // SAFETY: the caller's contract, with both operands packed.
+    unsafe { dispatch::<false, false>(kc, ops, c, ldc, mr, nr, alpha, accumulate) }
+}
+
+/// As [`kernel`], reading either operand in place instead of from a packed micro-panel: A
+/// when `a_ps > 0` (element `(i, p)` at `a[i * a_rs + p * a_ps]`, so a row-major or a
+/// column-major matrix), B when `ldb > 0` (row-major, element `(p, j)` at `b[p * ldb + j]`,
+/// any alignment). For a narrow product (few register tiles per packed panel) packing costs
+/// about as much as the multiply it feeds.
+///
+/// # Safety
+/// As [`kernel`], except that an in-place A must be readable at `a[i * a_rs + p * a_ps]` for
+/// `i < mr`, `p < kc`, and an in-place B at `b[p * ldb + j]` for `p < kc`, `j < nr`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn kernel_strided(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_ps: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
+    let ops = Operands {
+        a,
+        a_rs,
+        a_ps,
+        b,
+        ldb,
+    };
+    // Each arm forwards the caller's contract to the instantiation that addresses A and B
+    // the way `a_ps` and `ldb` say.
+    match (a_ps > 0, ldb > 0) {
+        // SAFETY: both operands packed, as the caller promises for `a_ps == 0`, `ldb == 0`.
+        (false, false) => unsafe {
+            dispatch::<false, false>(kc, ops, c, ldc, mr, nr, alpha, accumulate)
+        },
+        // SAFETY: A in place at the caller's strides, B packed.
+        (true, false) => unsafe {
+            dispatch::<true, false>(kc, ops, c, ldc, mr, nr, alpha, accumulate)
+        },
+        // SAFETY: A packed, B in place at the caller's row stride.
+        (false, true) => unsafe {
+            dispatch::<false, true>(kc, ops, c, ldc, mr, nr, alpha, accumulate)
+        },
+        // SAFETY: both in place at the caller's strides.
+        (true, true) => unsafe {
+            dispatch::<true, true>(kc, ops, c, ldc, mr, nr, alpha, accumulate)
+        },
+    }
+}
+
+/// Where the tile reads A and B, and with which strides (see [`kernel_strided`]).
+#[derive(Clone, Copy)]
+struct Operands {
+    a: *const f32,
+    a_rs: usize,
+    a_ps: usize,
+    b: *const f32,
+    ldb: usize,
+}
+
+/// Picks the tile instantiation for `mr` rows and `nr` columns.
+///
+/// # Safety
+/// As [`kernel_strided`], with `A_STRIDED` / `B_STRIDED` saying which operands are in place.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dispatch<const A_STRIDED: bool, const B_STRIDED: bool>(
+    kc: usize,
+    ops: Operands,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
     macro_rules! rows {
         ($($r:literal)*) => {
             match mr {
                 // SAFETY: the caller's contract is forwarded unchanged; `$r == mr <= MR`.
                 // A column edge of at most 16 needs only one vector per row.
-                $($r if nr <= 16 => unsafe { tile::<$r, 1>(kc, a, b, c, ldc, nr, alpha, accumulate) },)*
+                $($r if nr <= 16 => unsafe {
+                    tile::<$r, 1, A_STRIDED, B_STRIDED>(kc, ops, c, ldc, nr, alpha, accumulate)
+                },)*
                 // SAFETY: as above.
-                $($r => unsafe { tile::<$r, NV>(kc, a, b, c, ldc, nr, alpha, accumulate) },)*
+                $($r => unsafe {
+                    tile::<$r, NV, A_STRIDED, B_STRIDED>(kc, ops, c, ldc, nr, alpha, accumulate)
+                },)*
                 _ => unreachable!("mr out of range"),
             }
         };
@@ -51,20 +146,35 @@ pub(super) unsafe fn kernel(
 /// The register tile for a fixed row count `R` and `V` vectors per row (edge tiles instantiate
 /// smaller `R` / `V`, so little work is wasted on padding).
 ///
+/// With `A_STRIDED`, A is read at `a + i * a_rs + p * a_ps`, else from a packed micro-panel
+/// (row step 1, depth step `MR`); with `B_STRIDED`, B row `p` is read (masked to `nr` columns)
+/// at `b + p * ldb`, else from a packed, aligned micro-panel (row step `NR`).
+///
 /// # Safety
-/// As [`kernel`], with `mr == R` and `nr <= 16 * V`.
+/// As [`dispatch`], with `mr == R` and `nr <= 16 * V`.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize, const V: usize>(
+unsafe fn tile<const R: usize, const V: usize, const A_STRIDED: bool, const B_STRIDED: bool>(
     kc: usize,
-    mut a: *const f32,
-    mut b: *const f32,
+    ops: Operands,
     c: *mut f32,
     ldc: usize,
     nr: usize,
     alpha: f32,
     accumulate: bool,
 ) {
+    let (mut a, mut b) = (ops.a, ops.b);
+    let (a_rs, a_step) = if A_STRIDED {
+        (ops.a_rs, ops.a_ps)
+    } else {
+        (1, MR)
+    };
+    let b_step = if B_STRIDED { ops.ldb } else { NR };
+    // Lanes of each vector inside the tile's `nr` columns (an in-place B row may end there).
+    let lanes: [__mmask16; V] = core::array::from_fn(|v| {
+        let rem = nr.saturating_sub(16 * v).min(16);
+        ((1u32 << rem) - 1) as __mmask16
+    });
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     // Warm the C tile while the product is accumulated.
     for i in 0..R {
@@ -73,19 +183,28 @@ unsafe fn tile<const R: usize, const V: usize>(
         _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16 * V - 1) as *const i8);
     }
     for _ in 0..kc {
-        // SAFETY: `b` stays within the `kc * NR` packed floats and every row of the packed
-        // panel starts on a 64-byte boundary (the panel is aligned and NR * 4 = 128).
-        let bv: [__m512; V] = core::array::from_fn(|v| unsafe { _mm512_load_ps(b.add(16 * v)) });
+        let bv: [__m512; V] = core::array::from_fn(|v| {
+            if B_STRIDED {
+                // SAFETY: row `p < kc` of the in-place B; the mask keeps the load to the
+                // tile's `nr` columns (masked-off lanes never fault).
+                unsafe { _mm512_maskz_loadu_ps(lanes[v], b.add(16 * v)) }
+            } else {
+                // SAFETY: `b` stays within the `kc * NR` packed floats and every row of the
+                // packed panel starts on a 64-byte boundary (aligned panel, NR * 4 = 128).
+                unsafe { _mm512_load_ps(b.add(16 * v)) }
+            }
+        });
         for (i, acc_row) in acc.iter_mut().enumerate() {
-            // SAFETY: `i < R <= MR` and `a` stays within the `kc * MR` packed floats.
-            let ai = _mm512_set1_ps(unsafe { *a.add(i) });
+            // SAFETY: `i < R <= mr` at a depth below `kc`: inside the packed panel's
+            // `kc * MR` floats, or an element of the in-place A the caller vouches for.
+            let ai = _mm512_set1_ps(unsafe { *a.add(i * a_rs) });
             for v in 0..V {
                 acc_row[v] = _mm512_fmadd_ps(ai, bv[v], acc_row[v]);
             }
         }
         // Advancing past the end on the last step is never dereferenced.
-        a = a.wrapping_add(MR);
-        b = b.wrapping_add(NR);
+        a = a.wrapping_add(a_step);
+        b = b.wrapping_add(b_step);
     }
     let va = _mm512_set1_ps(alpha);
     if nr == NR {

@@ -53,6 +53,7 @@ mod kernel_avx2;
 mod kernel_avx512;
 mod kernel_portable;
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// A read-only matrix view: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
@@ -153,6 +154,7 @@ fn kernel_for(isa: Isa) -> driver::Kernel {
             mc: 168,
             nc: 768,
             transpose: Some(kernel_avx512::transpose_pack),
+            run_strided: Some(kernel_avx512::kernel_strided),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => driver::Kernel {
@@ -163,6 +165,7 @@ fn kernel_for(isa: Isa) -> driver::Kernel {
             mc: 144,
             nc: 512,
             transpose: None,
+            run_strided: None,
         },
         Isa::Portable => driver::Kernel {
             run: kernel_portable::kernel,
@@ -172,6 +175,7 @@ fn kernel_for(isa: Isa) -> driver::Kernel {
             mc: 64,
             nc: 1024,
             transpose: None,
+            run_strided: None,
         },
     }
 }
@@ -255,7 +259,7 @@ fn sgemm_isa(
             a,
             driver::BSrc::View(b),
             accumulate,
-            c,
+            as_uninit(c),
             ldc,
             parallel,
         );
@@ -348,7 +352,7 @@ pub fn sgemm_packed_b(
             col0: 0,
         },
         accumulate,
-        c,
+        as_uninit(c),
         ldc,
         parallel,
     );
@@ -357,18 +361,134 @@ pub fn sgemm_packed_b(
 /// Checks C (`m x n`, leading dimension `ldc`) against its slice and handles the degenerate
 /// shapes: returns `false` when nothing is left to compute (`m`, `n` or `k` zero, C cleared
 /// for `k == 0` unless `accumulate`).
-fn check_c(m: usize, n: usize, k: usize, accumulate: bool, c: &mut [f32], ldc: usize) -> bool {
-    if m == 0 || n == 0 {
-        return false;
+/// `c` viewed as possibly-uninitialised memory, for the driver, which only writes floats.
+fn as_uninit(c: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the driver writes only
+    // initialised floats through the view, so `c` stays initialised.
+    unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// `C = alpha * A @ B` into `c`, which need not be initialised: every element of the `m x n`
+/// block (leading dimension `ldc`) is written, the rest of `c` is left as it is. Saves the
+/// pass that zeroing a fresh output would cost.
+///
+/// # Panics
+/// As [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_uninit(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: &mut [MaybeUninit<f32>],
+    ldc: usize,
+    parallel: bool,
+) {
+    let Some(c) = init_if_not_driver(m, n, k, c, ldc) else {
+        return;
+    };
+    // The vector paths take initialised memory: a row is zeroed in place, a column (whose
+    // elements are `ldc` apart) goes through a small buffer.
+    if m == 1 {
+        let row = &mut c[..n];
+        row.fill(MaybeUninit::new(0.0));
+        // SAFETY: every element of `row` was just initialised, and `MaybeUninit<f32>` has the
+        // layout of `f32`.
+        let row = unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        sgemm(m, n, k, alpha, a, b, false, row, ldc, parallel);
+        return;
     }
+    if n == 1 {
+        let mut col = vec![0.0f32; m];
+        sgemm(m, n, k, alpha, a, b, false, &mut col, 1, parallel);
+        for (i, x) in col.into_iter().enumerate() {
+            c[i * ldc] = MaybeUninit::new(x);
+        }
+        return;
+    }
+    check_view(&a, m, k, "A");
+    check_view(&b, k, n, "B");
+    let kern = kernel_for(detected_isa());
+    let b = driver::BSrc::View(b);
+    driver::gemm(&kern, m, n, k, alpha, a, b, false, c, ldc, parallel);
+}
+
+/// As [`sgemm_uninit`] with a packed right-hand operand (see [`sgemm_packed_b`]).
+///
+/// # Panics
+/// As [`sgemm_packed_b`].
+pub fn sgemm_packed_b_uninit(
+    m: usize,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: &PackedB,
+    c: &mut [MaybeUninit<f32>],
+    ldc: usize,
+    parallel: bool,
+) {
+    let (n, k) = (b.n(), b.k());
+    let Some(c) = init_if_not_driver(m, n, k, c, ldc) else {
+        return;
+    };
+    check_view(&a, m, k, "A");
+    let packed = driver::BSrc::Packed {
+        b: &b.inner,
+        col0: 0,
+    };
+    driver::gemm(
+        &b.inner.kern,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        packed,
+        false,
+        c,
+        ldc,
+        parallel,
+    );
+}
+
+/// For the uninitialised-output entry points: checks that the `m x n` block fits `c`, and
+/// returns `None` when there is nothing to compute (`k == 0` leaves the block zeroed).
+fn init_if_not_driver(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [MaybeUninit<f32>],
+    ldc: usize,
+) -> Option<&mut [MaybeUninit<f32>]> {
+    if m == 0 || n == 0 {
+        return None;
+    }
+    check_c_fits(m, n, ldc, c.len());
+    if k == 0 {
+        for i in 0..m {
+            c[i * ldc..i * ldc + n].fill(MaybeUninit::new(0.0));
+        }
+        return None;
+    }
+    Some(c)
+}
+
+fn check_c_fits(m: usize, n: usize, ldc: usize, len: usize) {
     // Rows of C must not overlap (tasks write them concurrently) and must fit the slice.
     assert!(m == 1 || ldc >= n, "sgemm: ldc {ldc} < n {n}");
     let c_end = (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n));
     assert!(
-        c_end.is_some_and(|e| e <= c.len()),
-        "sgemm: C ({m} x {n}, ldc {ldc}) exceeds its slice of {}",
-        c.len()
+        c_end.is_some_and(|e| e <= len),
+        "sgemm: C ({m} x {n}, ldc {ldc}) exceeds its slice of {len}"
     );
+}
+
+fn check_c(m: usize, n: usize, k: usize, accumulate: bool, c: &mut [f32], ldc: usize) -> bool {
+    if m == 0 || n == 0 {
+        return false;
+    }
+    check_c_fits(m, n, ldc, c.len());
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -576,6 +696,107 @@ mod tests {
         }
     }
 
+    /// The uninitialised-output entry points write the whole block (NaN "garbage" in C never
+    /// reaches the result) and nothing outside it, on the driver, vector and `k = 0` paths.
+    #[test]
+    fn uninit_outputs_are_fully_written() {
+        use std::mem::MaybeUninit;
+        for &(m, n, k) in &[
+            (37, 45, 29),
+            (1, 40, 17),
+            (33, 1, 12),
+            (20, 30, 0),
+            (300, 70, 64),
+        ] {
+            for (ta, tb) in [(false, false), (true, true)] {
+                let (ars, acs, alen) = layout(m, k, ta, 1);
+                let (brs, bcs, blen) = layout(k, n, tb, 2);
+                let (ad, bd) = (fill(alen, 3), fill(blen, 4));
+                let (a, b) = (MatRef::new(&ad, ars, acs), MatRef::new(&bd, brs, bcs));
+                let ldc = n + 3;
+                let mut want = vec![0.0f32; m * ldc];
+                naive_gemm(m, n, k, 1.5, a, b, false, &mut want, ldc);
+                let mut packed_out = vec![MaybeUninit::new(f32::NAN); m * ldc];
+                let mut view_out = vec![MaybeUninit::new(f32::NAN); m * ldc];
+                sgemm_uninit(m, n, k, 1.5, a, b, &mut view_out, ldc, true);
+                let pb = PackedB::new(k, n, b);
+                sgemm_packed_b_uninit(m, 1.5, a, &pb, &mut packed_out, ldc, true);
+                for (name, out) in [("view", &view_out), ("packed", &packed_out)] {
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            // SAFETY: every element was initialised (NaN) before the call.
+                            let g = unsafe { out[i * ldc + j].assume_init() };
+                            if j < n {
+                                let w = want[i * ldc + j];
+                                let tol = 1e-5 * (k as f32 + 1.0) * 2.5 * (1.0 + w.abs());
+                                assert!(
+                                    (w - g).abs() <= tol,
+                                    "{name} {m}x{n}x{k} ({i}, {j}): {w} vs {g}"
+                                );
+                            } else {
+                                assert!(
+                                    g.is_nan(),
+                                    "{name} {m}x{n}x{k}: wrote past the block at ({i}, {j})"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Views the in-place paths must handle or leave to packing: stride-0 (broadcast) rows,
+    /// a row-major B too far apart to read in place, and an A with neither stride 1.
+    #[test]
+    fn unusual_strides_match_naive() {
+        let data = fill(80_000, 11);
+        let (m, n, k) = (23, 45, 37);
+        let cases: [(&str, MatRef<'_>, MatRef<'_>); 5] = [
+            (
+                "broadcast A rows",
+                MatRef::new(&data, 0, 1),
+                MatRef::new(&data[100..], n, 1),
+            ),
+            (
+                "broadcast B rows",
+                MatRef::new(&data, k, 1),
+                MatRef::new(&data[100..], 0, 1),
+            ),
+            (
+                "column-major A",
+                MatRef::new(&data, 1, m),
+                MatRef::new(&data[100..], n, 1),
+            ),
+            (
+                "wide-stride B",
+                MatRef::new(&data, k, 1),
+                MatRef::new(&data[100..], 1500, 1),
+            ),
+            (
+                "general A",
+                MatRef::new(&data, 2 * k, 2),
+                MatRef::new(&data[100..], 1, k),
+            ),
+        ];
+        for isa in isas() {
+            for (name, a, b) in cases {
+                for accumulate in [false, true] {
+                    let mut want = fill(m * n, 5);
+                    let mut got = want.clone();
+                    naive_gemm(m, n, k, 0.75, a, b, accumulate, &mut want, n);
+                    sgemm_isa(isa, m, n, k, 0.75, a, b, accumulate, &mut got, n, false);
+                    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                        assert!(
+                            (w - g).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{isa:?} {name}: element {i}: want {w} got {g}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn larger_than_one_block() {
         // Crosses KC, MC and NC boundaries and the parallel split.
@@ -585,6 +806,8 @@ mod tests {
                 (1, 3000, 700),
                 (700, 1, 513),
                 (200, 2100, 300),
+                // A wide block (A packed) then a narrow tail block (row-major A read in place).
+                (50, 868, 70),
             ] {
                 for &(ta, tb, acc) in &[(false, false, true), (true, true, false)] {
                     for packed in [false, true] {

@@ -118,6 +118,12 @@ multiversion! {
 
 /// One block of rows of the layer-norm backward: statistics by the forward's two passes, then
 /// `dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))` with `dxhat = g * weight`.
+///
+/// The per-row sums (variance, `mean(dxhat)`, `mean(dxhat * xhat)`) are serial chains, one
+/// add per column; rows go through [`ln_backward_rows`] in groups of [`GROUP`] so that the
+/// chains of different rows overlap instead of each waiting on the add latency. Each row's
+/// sums, and each column's weight/bias sums (rows in order), are formed in the same order as
+/// one row at a time, so the grouping changes no bits.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn ln_backward_block_impl<const FMA: bool>(
@@ -130,36 +136,73 @@ fn ln_backward_block_impl<const FMA: bool>(
     db: &mut [f32],
     cols: usize,
 ) {
-    let inv_n = 1.0 / cols as f32;
-    for ((row, grow), drow) in x
-        .chunks_exact(cols)
-        .zip(g.chunks_exact(cols))
-        .zip(dx.chunks_exact_mut(cols))
+    let full = x.len() / (GROUP * cols) * (GROUP * cols);
+    for ((x, g), dx) in x[..full]
+        .chunks_exact(GROUP * cols)
+        .zip(g[..full].chunks_exact(GROUP * cols))
+        .zip(dx[..full].chunks_exact_mut(GROUP * cols))
     {
-        let mean = simd::sum(row) * inv_n;
-        let mut var = 0.0f32;
-        for &v in row {
-            let d = v - mean;
-            var = simd::madd::<FMA>(d, d, var);
+        ln_backward_rows::<GROUP, FMA>(x, g, weight, eps, dx, dw, db, cols);
+    }
+    for ((x, g), dx) in x[full..]
+        .chunks_exact(cols)
+        .zip(g[full..].chunks_exact(cols))
+        .zip(dx[full..].chunks_exact_mut(cols))
+    {
+        ln_backward_rows::<1, FMA>(x, g, weight, eps, dx, dw, db, cols);
+    }
+}
+
+/// Rows whose per-row reductions run side by side in [`ln_backward_block_impl`].
+const GROUP: usize = 8;
+
+/// The backward of `R` consecutive rows (`x`, `g`, `dx` hold `R * cols` values).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn ln_backward_rows<const R: usize, const FMA: bool>(
+    x: &[f32],
+    g: &[f32],
+    weight: Option<&[f32]>,
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    cols: usize,
+) {
+    let inv_n = 1.0 / cols as f32;
+    let (x, g) = (&x[..R * cols], &g[..R * cols]);
+    let dx = &mut dx[..R * cols];
+    let (dw, db) = (&mut dw[..cols], &mut db[..cols]);
+    let mean: [f32; R] = core::array::from_fn(|r| simd::sum(&x[r * cols..][..cols]) * inv_n);
+    let mut var = [0.0f32; R];
+    for j in 0..cols {
+        for r in 0..R {
+            let d = x[r * cols + j] - mean[r];
+            var[r] = simd::madd::<FMA>(d, d, var[r]);
         }
-        let rstd = 1.0 / (var * inv_n + eps).sqrt();
-        // drow holds dxhat for now.
-        let (mut m1, mut m2) = (0.0f32, 0.0f32);
-        for j in 0..cols {
-            let xh = (row[j] - mean) * rstd;
-            let gj = grow[j];
-            let dxh = weight.map_or(gj, |w| gj * w[j]);
-            drow[j] = dxh;
-            m1 += dxh;
-            m2 = simd::madd::<FMA>(dxh, xh, m2);
+    }
+    let rstd: [f32; R] = core::array::from_fn(|r| 1.0 / (var[r] * inv_n + eps).sqrt());
+    // dx holds dxhat for now.
+    let (mut m1, mut m2) = ([0.0f32; R], [0.0f32; R]);
+    for j in 0..cols {
+        let w = weight.map(|w| w[j]);
+        for r in 0..R {
+            let xh = (x[r * cols + j] - mean[r]) * rstd[r];
+            let gj = g[r * cols + j];
+            let dxh = w.map_or(gj, |w| gj * w);
+            dx[r * cols + j] = dxh;
+            m1[r] += dxh;
+            m2[r] = simd::madd::<FMA>(dxh, xh, m2[r]);
             dw[j] = simd::madd::<FMA>(gj, xh, dw[j]);
             db[j] += gj;
         }
-        m1 *= inv_n;
-        m2 *= inv_n;
+    }
+    for r in 0..R {
+        let (m1, m2) = (m1[r] * inv_n, m2[r] * inv_n);
         for j in 0..cols {
-            let xh = (row[j] - mean) * rstd;
-            drow[j] = rstd * (drow[j] - m1 - xh * m2);
+            let xh = (x[r * cols + j] - mean[r]) * rstd[r];
+            let d = &mut dx[r * cols + j];
+            *d = rstd[r] * (*d - m1 - xh * m2);
         }
     }
 }
