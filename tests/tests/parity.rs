@@ -265,16 +265,12 @@ fn clip_legacy_eos_config_pools_at_the_largest_id() {
 
 /// The wgpu device, or `None` with a printed reason (`GLIMPSE_REQUIRE_WGPU=1` fails instead).
 fn wgpu(test: &str) -> Option<Device> {
-    match glimpse_wgpu::device(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            if std::env::var("GLIMPSE_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: GLIMPSE_REQUIRE_WGPU=1 but no wgpu adapter opens: {e}");
-            }
-            println!("skipping {test}: no wgpu adapter ({e})");
-            None
-        }
-    }
+    glimpse_testkit::device_or_skip(
+        test,
+        "wgpu adapter",
+        "GLIMPSE_REQUIRE_WGPU",
+        glimpse_wgpu::device(0),
+    )
 }
 
 /// Serialises the wgpu tests of this file: one reads the device's queue counters.

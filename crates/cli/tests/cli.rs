@@ -723,16 +723,13 @@ fn cuda_is_reported_as_not_built_in() {
 
 /// Whether a wgpu adapter opens here; `GLIMPSE_REQUIRE_WGPU=1` makes a missing one a failure.
 fn wgpu_available(test: &str) -> bool {
-    match glimpse_wgpu::device(0) {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("GLIMPSE_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: GLIMPSE_REQUIRE_WGPU=1 but no wgpu adapter opens: {e}");
-            }
-            println!("skipping {test}: no wgpu adapter ({e})");
-            false
-        }
-    }
+    glimpse_testkit::device_or_skip(
+        test,
+        "wgpu adapter",
+        "GLIMPSE_REQUIRE_WGPU",
+        glimpse_wgpu::device(0),
+    )
+    .is_some()
 }
 
 #[test]

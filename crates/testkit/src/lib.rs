@@ -21,6 +21,29 @@ pub fn cpu() -> Device {
     glimpse_cpu::device()
 }
 
+/// What a test does with a device that may not be there: `opened` when it opened; otherwise
+/// one printed line saying why `test` skips, and `None` — or, when the environment variable
+/// `require` is `1` (as in CI, where the device must exist), a panic naming it.
+///
+/// `what` names the device in those messages (`"wgpu adapter"`, `"CUDA device"`).
+pub fn device_or_skip<T, E: std::fmt::Display>(
+    test: &str,
+    what: &str,
+    require: &str,
+    opened: Result<T, E>,
+) -> Option<T> {
+    match opened {
+        Ok(device) => Some(device),
+        Err(e) => {
+            if std::env::var(require).is_ok_and(|v| v == "1") {
+                panic!("{test}: {require}=1 but no {what} opens: {e}");
+            }
+            println!("skipping {test}: no {what} ({e})");
+            None
+        }
+    }
+}
+
 /// Runs `test` on `cases` values of `strategy` on `dev`, panicking with the shrunk failure.
 pub fn run_cases<S>(
     name: &str,

@@ -250,15 +250,13 @@ fn gradient_accumulation_matches_one_large_batch() {
 fn a_run_on_the_wgpu_device_follows_the_cpu_run() {
     // The autodiff device wraps any backend: the same run on wgpu (every forward and backward
     // kernel in WGSL) takes the same steps as on the CPU, up to f32 summation order.
-    let gpu = match glimpse_wgpu::device(0) {
-        Ok(d) => d,
-        Err(e) => {
-            if std::env::var("GLIMPSE_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-                panic!("GLIMPSE_REQUIRE_WGPU=1 but no wgpu adapter opens: {e}");
-            }
-            println!("skipping: no wgpu adapter ({e})");
-            return;
-        }
+    let Some(gpu) = glimpse_testkit::device_or_skip(
+        "a_run_on_the_wgpu_device_follows_the_cpu_run",
+        "wgpu adapter",
+        "GLIMPSE_REQUIRE_WGPU",
+        glimpse_wgpu::device(0),
+    ) else {
+        return;
     };
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");

@@ -35,19 +35,14 @@ pub fn gpu(test: &str) -> Option<Device> {
     if std::env::var("GLIMPSE_CUDA_TESTS_ON_CPU").is_ok_and(|v| v == "1") {
         return Some(cpu());
     }
-    match glimpse_cuda::backend(0) {
-        Ok(b) => {
-            b.set_poison(true);
-            Some(glimpse_cuda::device(0).expect("the backend opened"))
-        }
-        Err(e) => {
-            if std::env::var("GLIMPSE_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
-                panic!("{test}: GLIMPSE_REQUIRE_CUDA=1 but no CUDA device: {e}");
-            }
-            println!("skipping {test}: no CUDA device ({e})");
-            None
-        }
-    }
+    let b = device_or_skip(
+        test,
+        "CUDA device",
+        "GLIMPSE_REQUIRE_CUDA",
+        glimpse_cuda::backend(0),
+    )?;
+    b.set_poison(true);
+    Some(glimpse_cuda::device(0).expect("the backend opened"))
 }
 
 /// The CUDA device as a target of the backend conformance suite (`glimpse_testkit::suite`):

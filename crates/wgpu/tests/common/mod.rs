@@ -19,19 +19,14 @@ use proptest::test_runner::TestCaseError;
 /// adapter, prints one line saying why `test` skips and returns `None`;
 /// `GLIMPSE_REQUIRE_WGPU=1` turns a missing adapter into a failure.
 pub fn wgpu(test: &str) -> Option<(Device, Arc<WgpuBackend>)> {
-    match glimpse_wgpu::backend(0) {
-        Ok(b) => {
-            b.set_poison(true);
-            Some((glimpse_wgpu::device(0).expect("the backend opened"), b))
-        }
-        Err(e) => {
-            if std::env::var("GLIMPSE_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: GLIMPSE_REQUIRE_WGPU=1 but no wgpu adapter opens: {e}");
-            }
-            println!("skipping {test}: no wgpu adapter ({e})");
-            None
-        }
-    }
+    let b = device_or_skip(
+        test,
+        "wgpu adapter",
+        "GLIMPSE_REQUIRE_WGPU",
+        glimpse_wgpu::backend(0),
+    )?;
+    b.set_poison(true);
+    Some((glimpse_wgpu::device(0).expect("the backend opened"), b))
 }
 
 /// The device alone (see [`wgpu`]).
