@@ -7,8 +7,9 @@
 //!   and ops, `models` whole ViT-B/16 and CLIP ViT-B/32 forwards (transformers on PyTorch's
 //!   side). PyTorch comes from `$GLIMPSE_TORCH_PYTHON` when set, otherwise from a venv this
 //!   command creates in `target/torch-venv` (`pip install torch transformers`).
-//!   `bench-compare train [STEPS]` times the Fashion-MNIST ViT training recipe in
-//!   `glimpse train vit` and in `benches/train_torch.py` from the same initial weights.
+//!   `bench-compare train [STEPS] [FLAG VALUE]...` times the Fashion-MNIST ViT training recipe
+//!   in `glimpse train vit` and in `benches/train_torch.py` from the same initial weights
+//!   (model flags such as `--hidden 64` go to both).
 //! * `fixtures` regenerates the committed reference fixtures: `tests/fixtures/models` with
 //!   `tests/fixtures/generate/models.py`, then `tests/fixtures/processing` with
 //!   `tests/fixtures/generate/processing.py` when that script exists. Python comes from
@@ -43,7 +44,9 @@ fn main() -> ExitCode {
             Some(suite @ ("cpu" | "models")) => {
                 bench_compare(suite, args.get(2).map(String::as_str))
             }
-            Some("train") => bench_compare_train(args.get(2).map(String::as_str)),
+            Some("train") => {
+                bench_compare_train(args.get(2).map(String::as_str), &args[3.min(args.len())..])
+            }
             Some(suite @ ("wgpu" | "wgpu-models")) => {
                 bench_compare_wgpu(suite, args.get(2).map(String::as_str))
             }
@@ -68,7 +71,8 @@ fn usage() -> String {
      \n  ci                          format check, clippy -D warnings, tests (what CI runs)\n  \
      bench-compare cpu|models [FILTER]\n                              \
      glimpse vs PyTorch on the CPU kernels or whole models, side by side\n  \
-     bench-compare train [STEPS]  ViT Fashion-MNIST training throughput vs PyTorch\n  \
+     bench-compare train [STEPS] [--hidden D ...]\n                              \
+     ViT Fashion-MNIST training throughput vs PyTorch\n  \
      bench-compare wgpu|wgpu-models [FILTER]\n                              \
      the wgpu device vs the CPU backend on the same workloads\n  \
      fixtures                    regenerate tests/fixtures/{models,processing} (pinned transformers)\n  \
@@ -494,7 +498,18 @@ fn parse_rows(text: &str) -> Vec<Row> {
 /// Training throughput of the Fashion-MNIST ViT recipe: `glimpse train vit` and
 /// `benches/train_torch.py` from the same initial weights, `steps` optimizer steps each, back
 /// to back on the same threads (`GLIMPSE_BENCH_THREADS`, default 2). Needs the dataset.
-fn bench_compare_train(steps: Option<&str>) -> Result<(), String> {
+/// `model_flags` (e.g. `--hidden 64 --mlp 128`) go to both trainers, which share the model
+/// flags' names.
+fn bench_compare_train(steps: Option<&str>, model_flags: &[String]) -> Result<(), String> {
+    const MODEL_FLAGS: [&str; 5] = ["--patch-size", "--hidden", "--layers", "--heads", "--mlp"];
+    for pair in model_flags.chunks(2) {
+        if !MODEL_FLAGS.contains(&pair[0].as_str()) || pair.len() < 2 {
+            return Err(format!(
+                "bench-compare train [STEPS] [FLAG VALUE]...: FLAG must be one of {}, each with a value; got {pair:?}",
+                MODEL_FLAGS.join(", ")
+            ));
+        }
+    }
     let steps: u64 = steps
         .unwrap_or("200")
         .parse()
@@ -519,6 +534,7 @@ fn bench_compare_train(steps: Option<&str>) -> Result<(), String> {
         &steps_s,
         "--json",
     ]);
+    ours.args(model_flags);
     let text = output(&mut ours)?;
     let glimpse_sps = json_line_number(&text, ("kind", "train"), "samples_per_second")
         .ok_or("glimpse printed no training metrics")?;
@@ -532,13 +548,19 @@ fn bench_compare_train(steps: Option<&str>) -> Result<(), String> {
         &steps_s,
         "--no-eval",
     ]);
+    torch.args(model_flags);
     let text = output(&mut torch)?;
     let torch_sps = json_line_number(&text, ("summary", true), "images_per_second")
         .ok_or("train_torch.py printed no summary")?;
     println!("| workload | glimpse img/s | PyTorch img/s | glimpse / PyTorch |");
     println!("|---|---:|---:|---:|");
     println!(
-        "| ViT Fashion-MNIST recipe, {steps} steps of batch 64, {threads} threads | {glimpse_sps:.0} | {torch_sps:.0} | {:.2}x |",
+        "| ViT Fashion-MNIST recipe{}, {steps} steps of batch 64, {threads} threads | {glimpse_sps:.0} | {torch_sps:.0} | {:.2}x |",
+        if model_flags.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", model_flags.join(" "))
+        },
         glimpse_sps / torch_sps
     );
     Ok(())
