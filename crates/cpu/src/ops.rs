@@ -317,13 +317,13 @@ where
     let len = dims[dim];
     let inner: usize = dims[dim + 1..].iter().product();
     let src = &data[layout.offset()..][..outer * len * inner];
-    if outer * inner == 0 {
-        return vec![T::from_acc(Acc::<T>::ZERO); outer * inner];
+    let mut out = vec![T::from_acc(Acc::<T>::ZERO); outer * inner];
+    if out.is_empty() {
+        return out;
     }
     // One task per (outer index, block of columns): the reduced dimension is never split, so
     // the order of the additions does not depend on the thread count.
     const COLS: usize = 1024;
-    let mut out = vec![T::from_acc(Acc::<T>::ZERO); outer * inner];
     let tasks: Vec<(usize, usize, &mut [T])> = out
         .chunks_mut(inner)
         .enumerate()

@@ -244,9 +244,9 @@ impl PackedPanels {
 const PAR_MIN_PACK: usize = 1 << 16;
 
 /// `C = alpha * A @ B (+ C)` for `m, n, k >= 1` and views already checked to be in bounds
-/// (C may be uninitialised when `accumulate` is false: it is then written before it is read)
 /// (`c` holds the `m x n` block with leading dimension `ldc >= n` when `m > 1`; a packed `b`
-/// was packed for `kern` with at least `k` rows and `n` columns).
+/// was packed for `kern` with at least `k` rows and `n` columns). Without `accumulate`, C may
+/// start uninitialised: every element of the block is written before it is read.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm(
     kern: &Kernel,
@@ -350,9 +350,11 @@ unsafe fn gemm_block(
         // A row-major B is read in place (no packing) where the kernel can.
         let b_in_place = match b {
             BSrc::View(v)
-                if v.col_stride == 1 && (1..=IN_PLACE_B_MAX_STRIDE).contains(&v.row_stride) =>
+                if kern.run_strided.is_some()
+                    && v.col_stride == 1
+                    && (1..=IN_PLACE_B_MAX_STRIDE).contains(&v.row_stride) =>
             {
-                kern.run_strided.map(|run| (run, v))
+                Some(v)
             }
             _ => None,
         };
@@ -360,18 +362,22 @@ unsafe fn gemm_block(
             let nc = kern.nc.min(n - jc);
             // A row- or column-major A is read in place when this block is narrow:
             // (row stride, depth stride) of its elements.
-            let a_in_place = match (kern.run_strided, a.col_stride, a.row_stride) {
-                (Some(run), 1, rs) if nc <= IN_PLACE_A_MAX_COLS => Some((run, rs, 1)),
-                (Some(run), cs, 1) if cs > 0 && nc <= IN_PLACE_A_MAX_COLS => Some((run, 1, cs)),
+            let narrow = kern.run_strided.is_some() && nc <= IN_PLACE_A_MAX_COLS;
+            let a_in_place = match (a.col_stride, a.row_stride) {
+                (1, rs) if narrow => Some((rs, 1)),
+                (cs, 1) if narrow && cs > 0 => Some((1, cs)),
                 _ => None,
             };
-            let strided = a_in_place.map(|x| x.0).or(b_in_place.map(|x| x.0));
+            // The kernel that reads operands in place, when either one is.
+            let strided = kern
+                .run_strided
+                .filter(|_| a_in_place.is_some() || b_in_place.is_some());
             for pc in (0..k).step_by(kern.kc) {
                 let kc = kern.kc.min(k - pc);
                 let acc = accumulate || pc > 0;
                 // The B micro-panel of columns `jc + jr ..`, and its row stride when in place.
                 let b_panel: &dyn Fn(usize) -> (*const f32, usize) = match (b, b_in_place) {
-                    (_, Some((_, v))) => {
+                    (_, Some(v)) => {
                         &move |jr| (v.data[pc * v.row_stride + jc + jr..].as_ptr(), v.row_stride)
                     }
                     (BSrc::View(v), None) => {
@@ -390,9 +396,7 @@ unsafe fn gemm_block(
                         let mrr = mr.min(mc - ir);
                         // The A micro-panel and its (row, depth) strides; (_, 0) when packed.
                         let (a_panel, a_rs, a_ps) = match a_in_place {
-                            Some((_, rs, ps)) => {
-                                (a.data[(ic + ir) * rs + pc * ps..].as_ptr(), rs, ps)
-                            }
+                            Some((rs, ps)) => (a.data[(ic + ir) * rs + pc * ps..].as_ptr(), rs, ps),
                             None => (ap[ir * kc..].as_ptr(), 1, 0),
                         };
                         for jr in (0..nc).step_by(nr) {

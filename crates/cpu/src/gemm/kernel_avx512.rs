@@ -33,15 +33,8 @@ pub(super) unsafe fn kernel(
     alpha: f32,
     accumulate: bool,
 ) {
-    let ops = Operands {
-        a,
-        a_rs: 1,
-        a_ps: MR,
-        b,
-        ldb: NR,
-    };
-    // SAFETY: the caller's contract, with both operands packed.
-    unsafe { dispatch::<false, false>(kc, ops, c, ldc, mr, nr, alpha, accumulate) }
+    // SAFETY: the caller's contract; zero strides say both operands are packed.
+    unsafe { kernel_strided(kc, a, 0, 0, b, 0, c, ldc, mr, nr, alpha, accumulate) }
 }
 
 /// As [`kernel`], reading either operand in place instead of from a packed micro-panel: A

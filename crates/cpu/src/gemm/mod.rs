@@ -215,7 +215,7 @@ fn sgemm_isa(
     ldc: usize,
     parallel: bool,
 ) {
-    if !check_c(m, n, k, accumulate, c, ldc) {
+    if !check_c(m, n, k, (!accumulate).then_some(0.0), c, ldc) {
         return;
     }
     check_view(&a, m, k, "A");
@@ -336,7 +336,7 @@ pub fn sgemm_packed_b(
     parallel: bool,
 ) {
     let (n, k) = (b.n(), b.k());
-    if !check_c(m, n, k, accumulate, c, ldc) {
+    if !check_c(m, n, k, (!accumulate).then_some(0.0), c, ldc) {
         return;
     }
     check_view(&a, m, k, "A");
@@ -358,9 +358,6 @@ pub fn sgemm_packed_b(
     );
 }
 
-/// Checks C (`m x n`, leading dimension `ldc`) against its slice and handles the degenerate
-/// shapes: returns `false` when nothing is left to compute (`m`, `n` or `k` zero, C cleared
-/// for `k == 0` unless `accumulate`).
 /// `c` viewed as possibly-uninitialised memory, for the driver, which only writes floats.
 fn as_uninit(c: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the driver writes only
@@ -386,9 +383,9 @@ pub fn sgemm_uninit(
     ldc: usize,
     parallel: bool,
 ) {
-    let Some(c) = init_if_not_driver(m, n, k, c, ldc) else {
+    if !check_c(m, n, k, Some(MaybeUninit::new(0.0)), c, ldc) {
         return;
-    };
+    }
     // The vector paths take initialised memory: a row is zeroed in place, a column (whose
     // elements are `ldc` apart) goes through a small buffer.
     if m == 1 {
@@ -429,9 +426,9 @@ pub fn sgemm_packed_b_uninit(
     parallel: bool,
 ) {
     let (n, k) = (b.n(), b.k());
-    let Some(c) = init_if_not_driver(m, n, k, c, ldc) else {
+    if !check_c(m, n, k, Some(MaybeUninit::new(0.0)), c, ldc) {
         return;
-    };
+    }
     check_view(&a, m, k, "A");
     let packed = driver::BSrc::Packed {
         b: &b.inner,
@@ -452,47 +449,34 @@ pub fn sgemm_packed_b_uninit(
     );
 }
 
-/// For the uninitialised-output entry points: checks that the `m x n` block fits `c`, and
-/// returns `None` when there is nothing to compute (`k == 0` leaves the block zeroed).
-fn init_if_not_driver(
+/// Checks C (`m x n`, leading dimension `ldc`) against its slice and handles the degenerate
+/// shapes: returns `false` when nothing is left to compute (`m`, `n` or `k` zero; for
+/// `k == 0` the block is set to `zero`, or left as it is when `zero` is `None`, i.e. when
+/// accumulating). `T` is `f32`, or `MaybeUninit<f32>` for the uninitialised-output entry
+/// points.
+fn check_c<T: Copy>(
     m: usize,
     n: usize,
     k: usize,
-    c: &mut [MaybeUninit<f32>],
+    zero: Option<T>,
+    c: &mut [T],
     ldc: usize,
-) -> Option<&mut [MaybeUninit<f32>]> {
+) -> bool {
     if m == 0 || n == 0 {
-        return None;
+        return false;
     }
-    check_c_fits(m, n, ldc, c.len());
-    if k == 0 {
-        for i in 0..m {
-            c[i * ldc..i * ldc + n].fill(MaybeUninit::new(0.0));
-        }
-        return None;
-    }
-    Some(c)
-}
-
-fn check_c_fits(m: usize, n: usize, ldc: usize, len: usize) {
     // Rows of C must not overlap (tasks write them concurrently) and must fit the slice.
     assert!(m == 1 || ldc >= n, "sgemm: ldc {ldc} < n {n}");
     let c_end = (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n));
     assert!(
-        c_end.is_some_and(|e| e <= len),
-        "sgemm: C ({m} x {n}, ldc {ldc}) exceeds its slice of {len}"
+        c_end.is_some_and(|e| e <= c.len()),
+        "sgemm: C ({m} x {n}, ldc {ldc}) exceeds its slice of {}",
+        c.len()
     );
-}
-
-fn check_c(m: usize, n: usize, k: usize, accumulate: bool, c: &mut [f32], ldc: usize) -> bool {
-    if m == 0 || n == 0 {
-        return false;
-    }
-    check_c_fits(m, n, ldc, c.len());
     if k == 0 {
-        if !accumulate {
+        if let Some(zero) = zero {
             for i in 0..m {
-                c[i * ldc..i * ldc + n].fill(0.0);
+                c[i * ldc..i * ldc + n].fill(zero);
             }
         }
         return false;

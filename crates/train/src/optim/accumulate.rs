@@ -91,13 +91,13 @@ impl GradAccumulator {
     /// of micro-batches, `None` slots counting as zero); resets the accumulator.
     pub fn take_mean(&mut self) -> Result<Vec<Option<Tensor>>> {
         self.check_not_empty("GradAccumulator::take_mean")?;
-        let n = self.micro_batches as f64;
         if self.micro_batches == 1 {
             // The mean of one micro-batch is its gradient (x / 1 is exact): skip the pass.
             let means = std::mem::take(&mut self.sums);
             self.reset();
             return Ok(means);
         }
+        let n = self.micro_batches as f64;
         let means = self
             .sums
             .iter()
