@@ -120,6 +120,9 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// The proptest seed `.ci/run` pins (keep the two equal).
+const CI_PROPTEST_SEED: &str = "20261127";
+
 /// The same steps as `.ci/run`.
 fn ci() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -131,7 +134,12 @@ fn ci() -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace"]))?;
+    // CI's proptest seed (see .ci/run) unless one is set, so a local run reproduces CI's cases.
+    let mut test = cargo();
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        test.env("PROPTEST_RNG_SEED", CI_PROPTEST_SEED);
+    }
+    run(test.args(["test", "--workspace"]))?;
     kernel_check()
 }
 

@@ -83,11 +83,15 @@ fn reductions_of_random_floats_match_within_tolerance() {
         (reduce_len(), any_float(), any_kind(), any::<u64>()),
         |g, (len, dtype, kind, seed)| {
             let mut rng = Gen::new(seed);
+            // Values small enough that no row sum leaves f16's range (65 504) even when the
+            // row is one broadcast value: this test is about summation error; overflow to
+            // infinity is `sums_past_the_dtype_range_overflow_like_the_cpu`.
+            let bound = (30_000.0 / len as f64).min(1.0);
             let x = pair(
                 &[2, len],
                 dtype,
                 kind,
-                Values::Uniform(-1.0, 1.0),
+                Values::Uniform(-bound, bound),
                 &mut rng,
                 g,
             );
@@ -111,6 +115,32 @@ fn reductions_of_random_floats_match_within_tolerance() {
             Ok(())
         },
     );
+}
+
+#[test]
+fn sums_past_the_dtype_range_overflow_like_the_cpu() {
+    let _serial = serial();
+    let Some(g) = gpu("sums_past_the_dtype_range_overflow_like_the_cpu") else {
+        return;
+    };
+    // Rows of 140 000 halves (+-70 000) leave f16's range on every reduction path, whatever
+    // the accumulator: the result is the infinity of the sum's sign, as on the CPU.
+    for len in [140_000usize, 65_537, 3000] {
+        let v = 70_000.0 / len as f64;
+        for sign in [1.0, -1.0] {
+            let data = vec![sign * v; len];
+            let c = tensor(&data, &[1, len], DType::F16, &cpu());
+            let x = tensor(&data, &[1, len], DType::F16, &g);
+            let got = x.sum(1).unwrap();
+            let want = c.sum(1).unwrap();
+            assert_eq!(values(&want), [sign * f64::INFINITY], "cpu, len {len}");
+            assert_same(
+                &got,
+                &want,
+                &format!("f16 overflow, len {len}, sign {sign}"),
+            );
+        }
+    }
 }
 
 #[test]

@@ -487,10 +487,12 @@ fn check_attention_backward(t: &Target, c: &AttnCase) -> Result<(), TestCaseErro
     let want = Tensor::attention_backward(q0, k0, v0, &fwd, &g0, &x.opts_cpu).unwrap();
     let got = Tensor::attention_backward(q1, k1, v1, &fwd_gpu, &g1, &x.opts_gpu).unwrap();
     let (rtol, atol) = tols(t, c.dtype);
-    // Each gradient element sums up to max(Nq, Nk) rounded terms, and dk can be all
-    // cancellation (one key: dS = P (dP - delta) is zero up to rounding), so the absolute floor
-    // grows with the square root of the number of terms.
-    let atol = atol * (c.nq.max(c.nk) as f64).sqrt();
+    // Each gradient element sums up to max(Nq, Nk) terms, each carrying the rounding of a
+    // length-D (or Dv) dot product, and dk can be all cancellation (one key: dS = P (dP -
+    // delta) is zero up to rounding, so the CPU's dk is pure noise), so the absolute floor
+    // grows with the square root of both lengths.
+    let terms = c.nq.max(c.nk).max(1) * c.d.max(c.dv);
+    let atol = atol * (terms as f64).sqrt();
     close("dq", &got.dq, &want.dq, rtol, atol)?;
     close("dk", &got.dk, &want.dk, rtol, atol)?;
     close("dv", &got.dv, &want.dv, rtol, atol)
