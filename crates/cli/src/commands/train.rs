@@ -51,7 +51,7 @@ pub fn vit_recipe() -> (TrainOptions, VitFashionSettings) {
 /// The captioned-shapes recipe.
 pub fn clip_recipe() -> (TrainOptions, ClipShapesSettings) {
     let options = TrainOptions {
-        epochs: 15,
+        epochs: 30,
         batch_size: 64,
         lr: 2e-3,
         min_lr: 1e-5,
@@ -119,6 +119,9 @@ fn run_clip(args: &TrainClipArgs) -> Result<()> {
     set(&mut settings.projection_dim, args.projection_dim);
     set(&mut settings.train_len, args.train_samples);
     set(&mut settings.eval_len, args.eval_samples);
+    if let Some(f) = args.unnamed_colour_fraction {
+        settings.unnamed_colour_fraction = f;
+    }
     let out = &args.train.out;
     std::fs::create_dir_all(out).map_err(|e| CliError::Output {
         path: out.display().to_string(),

@@ -278,10 +278,24 @@ pub fn caption(
     size: Option<Size>,
     position: Option<Position>,
 ) -> String {
-    let first = size.map_or(colour.name(), Size::name);
+    caption_of(Some(colour), shape, size, position)
+}
+
+/// [`caption`] with the colour optional too: "a small square on the left".
+pub fn caption_of(
+    colour: Option<Colour>,
+    shape: ShapeKind,
+    size: Option<Size>,
+    position: Option<Position>,
+) -> String {
+    let first = size
+        .map(Size::name)
+        .or(colour.map(Colour::name))
+        .unwrap_or(shape.name());
     let mut words = vec![article(first)];
     words.extend(size.map(Size::name));
-    words.extend([colour.name(), shape.name()]);
+    words.extend(colour.map(Colour::name));
+    words.push(shape.name());
     words.extend(position.map(Position::phrase));
     words.join(" ")
 }
@@ -318,7 +332,7 @@ impl ShapesSplit {
 }
 
 /// How the set is generated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ShapesConfig {
     /// Side of the square images, in pixels (8 to 1024).
     pub image_size: usize,
@@ -326,6 +340,12 @@ pub struct ShapesConfig {
     pub seed: u64,
     /// Samples per epoch. Any index can be drawn; this only says where an epoch ends.
     pub len: usize,
+    /// The fraction of samples (0 to 1) whose shape has a random colour far from every named
+    /// colour (greys, pinks, cyans, browns, ...; see [`unnamed_colour`]) and whose caption
+    /// names no colour ("a small square on the left"): shape supervision over many hues,
+    /// which teaches the image tower to see shapes apart from their colours. They never show
+    /// a named colour, so no held-out pair leaks through them.
+    pub unnamed_colour_fraction: f64,
 }
 
 impl Default for ShapesConfig {
@@ -334,6 +354,7 @@ impl Default for ShapesConfig {
             image_size: DEFAULT_IMAGE_SIZE,
             seed: 0,
             len: DEFAULT_LEN,
+            unnamed_colour_fraction: 0.0,
         }
     }
 }
@@ -345,8 +366,12 @@ pub struct ShapeSample {
     pub image: Vec<u8>,
     /// The caption, e.g. "a large red circle on the left".
     pub caption: String,
-    /// The shape's colour.
+    /// The shape's colour; for a sample in an unnamed colour, the colour of the pair it was
+    /// drawn as, which neither the picture nor the caption shows.
     pub colour: Colour,
+    /// Drawn in an unnamed colour, with a caption naming no colour
+    /// ([`ShapesConfig::unnamed_colour_fraction`]).
+    pub unnamed_colour: bool,
     /// The kind of shape.
     pub shape: ShapeKind,
     /// Its size (whether or not the caption says it).
@@ -356,7 +381,8 @@ pub struct ShapeSample {
 }
 
 impl ShapeSample {
-    /// The index of the colour-shape pair in [`all_combinations`].
+    /// The index of the colour-shape pair in [`all_combinations`] (for a sample in an unnamed
+    /// colour, of the pair it was drawn as).
     pub fn combination(&self) -> usize {
         combination_index(self.colour, self.shape)
     }
@@ -412,8 +438,18 @@ pub struct ShapesDataset {
 }
 
 impl ShapesDataset {
-    /// The set for `split`. Fails when the image size is outside 8..=1024 pixels.
+    /// The set for `split`. Fails when the image size is outside 8..=1024 pixels or the
+    /// unnamed-colour fraction outside 0..=1.
     pub fn new(config: ShapesConfig, split: ShapesSplit) -> Result<Self> {
+        if !(0.0..=1.0).contains(&config.unnamed_colour_fraction) {
+            return Err(Error::config(
+                "ShapesConfig",
+                format!(
+                    "unnamed_colour_fraction {} is outside 0..=1",
+                    config.unnamed_colour_fraction
+                ),
+            ));
+        }
         if !(8..=1024).contains(&config.image_size) {
             return Err(Error::config(
                 "ShapesConfig",
@@ -476,16 +512,24 @@ impl ShapesDataset {
         let position = Position::ALL[rng.below_usize(Position::ALL.len())];
         let keep_size = rng.bernoulli(P_KEEP_SIZE);
         let keep_position = rng.bernoulli(P_KEEP_POSITION);
-        let caption = caption(
-            colour,
+        // Drawn only when asked for, so that sets without such samples keep their streams.
+        let fraction = self.config.unnamed_colour_fraction;
+        let unnamed = fraction > 0.0 && rng.bernoulli(fraction);
+        let caption = caption_of(
+            (!unnamed).then_some(colour),
             shape,
             keep_size.then_some(size),
             keep_position.then_some(position),
         );
+        let fill = if unnamed {
+            Fill::Unnamed
+        } else {
+            Fill::Named(colour)
+        };
         let image = render(
             &mut rng,
             self.config.image_size,
-            colour,
+            fill,
             shape,
             size,
             position,
@@ -494,6 +538,7 @@ impl ShapesDataset {
             image,
             caption,
             colour,
+            unnamed_colour: unnamed,
             shape,
             size,
             position,
@@ -574,19 +619,90 @@ impl ShapesDataset {
 
 /// Renders one sample: background, then the shape blended in with 4x4 supersampled coverage
 /// so edges are antialiased and small shapes keep their outline at 32x32.
+/// What a shape is filled with.
+#[derive(Debug, Clone, Copy)]
+enum Fill {
+    /// The colour's RGB, each channel jittered by up to 15.
+    Named(Colour),
+    /// A random [`unnamed_colour`].
+    Unnamed,
+}
+
+/// How far (in degrees) the hue of a saturated unnamed colour stays from every named
+/// colour's hue; named samples stay within about 10 degrees of theirs.
+pub const UNNAMED_MIN_HUE_GAP: f32 = 30.0;
+
+/// Below this saturation a colour counts as a grey, whatever its hue.
+pub const UNNAMED_MAX_GREY_SATURATION: f32 = 0.2;
+
+/// Hue in degrees, saturation and value (0 to 1) of an RGB colour (0 to 255).
+pub fn hsv(rgb: [f32; 3]) -> (f32, f32, f32) {
+    let [r, g, b] = rgb.map(|c| c / 255.0);
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let delta = max - min;
+    let saturation = if max > 0.0 { delta / max } else { 0.0 };
+    let hue = if delta == 0.0 {
+        0.0
+    } else if max == r {
+        60.0 * ((g - b) / delta).rem_euclid(6.0)
+    } else if max == g {
+        60.0 * ((b - r) / delta + 2.0)
+    } else {
+        60.0 * ((r - g) / delta + 4.0)
+    };
+    (hue, saturation, max)
+}
+
+/// Whether `rgb` is an unnamed colour: bright enough to stand out from the background
+/// (a channel of at least 110; the background is about 40), and either a grey (saturation
+/// under [`UNNAMED_MAX_GREY_SATURATION`]) or a hue at least [`UNNAMED_MIN_HUE_GAP`] degrees
+/// from every named colour's: greys, whites, limes, cyans and magentas, never a shade of a
+/// named colour.
+pub fn is_unnamed_colour(rgb: [f32; 3]) -> bool {
+    let (hue, saturation, value) = hsv(rgb);
+    if value * 255.0 < 110.0 {
+        return false;
+    }
+    saturation < UNNAMED_MAX_GREY_SATURATION
+        || Colour::ALL.iter().all(|named| {
+            let (named_hue, _, _) = hsv(named.rgb().map(f32::from));
+            let gap = (hue - named_hue).abs();
+            gap.min(360.0 - gap) >= UNNAMED_MIN_HUE_GAP
+        })
+}
+
+/// A random [`is_unnamed_colour`] colour, uniform over that part of the RGB cube by
+/// rejection (about a fifth of the draws are kept); after 256 rejections, which practically
+/// never happen, a mid grey.
+pub fn unnamed_colour(rng: &mut Rng) -> [f32; 3] {
+    for _ in 0..256 {
+        let c: [f32; 3] = std::array::from_fn(|_| rng.range_f32(0.0, 255.0));
+        if is_unnamed_colour(c) {
+            return c;
+        }
+    }
+    [160.0; 3]
+}
+
 fn render(
     rng: &mut Rng,
     side: usize,
-    colour: Colour,
+    fill: Fill,
     shape: ShapeKind,
     size: Size,
     position: Position,
 ) -> Vec<u8> {
     let s = side as f32;
-    let base = colour.rgb();
-    let fg: [f32; 3] = std::array::from_fn(|c| {
-        (f32::from(base[c]) + rng.range_f32(-15.0, 15.0)).clamp(0.0, 255.0)
-    });
+    let fg: [f32; 3] = match fill {
+        Fill::Named(colour) => {
+            let base = colour.rgb();
+            std::array::from_fn(|c| {
+                (f32::from(base[c]) + rng.range_f32(-15.0, 15.0)).clamp(0.0, 255.0)
+            })
+        }
+        Fill::Unnamed => unnamed_colour(rng),
+    };
     let r = size.radius_fraction() * s * rng.range_f32(0.92, 1.08);
 
     // Every shape fits in a box of half-side `r` around its centre (see `inside`), so a
@@ -751,6 +867,116 @@ mod tests {
             caption(Colour::Orange, ShapeKind::Cross, Some(Size::Large), None),
             "a large orange cross"
         );
+        assert_eq!(
+            caption_of(
+                None,
+                ShapeKind::Square,
+                Some(Size::Small),
+                Some(Position::Left)
+            ),
+            "a small square on the left"
+        );
+        assert_eq!(
+            caption_of(None, ShapeKind::Circle, None, Some(Position::Top)),
+            "a circle at the top"
+        );
+        assert_eq!(caption_of(None, ShapeKind::Cross, None, None), "a cross");
+    }
+
+    #[test]
+    fn hues_and_unnamed_colours() {
+        let hue = |rgb: [f32; 3]| hsv(rgb).0;
+        assert_eq!(hue([255.0, 0.0, 0.0]), 0.0);
+        assert_eq!(hue([0.0, 255.0, 0.0]), 120.0);
+        assert_eq!(hue([0.0, 0.0, 255.0]), 240.0);
+        assert_eq!(hue([255.0, 0.0, 255.0]), 300.0);
+        assert_eq!(hsv([200.0, 200.0, 200.0]).1, 0.0);
+        // Every named colour, jittered as samples are, is not unnamed; greys, cyan, lime and
+        // magenta are; dark colours are too dark either way.
+        let mut rng = Rng::new(5);
+        for c in Colour::ALL {
+            for _ in 0..200 {
+                let rgb = c
+                    .rgb()
+                    .map(|v| (f32::from(v) + rng.range_f32(-15.0, 15.0)).clamp(0.0, 255.0));
+                assert!(!is_unnamed_colour(rgb), "{c:?} {rgb:?}");
+            }
+        }
+        for rgb in [
+            [200.0, 200.0, 200.0],
+            [60.0, 220.0, 220.0],
+            [150.0, 230.0, 40.0],
+        ] {
+            assert!(is_unnamed_colour(rgb), "{rgb:?}");
+        }
+        assert!(is_unnamed_colour([230.0, 60.0, 180.0]));
+        assert!(!is_unnamed_colour([90.0, 90.0, 90.0]));
+        // Shades of red, light or dark, are red.
+        assert!(!is_unnamed_colour([255.0, 150.0, 150.0]));
+        assert!(!is_unnamed_colour([120.0, 20.0, 20.0]));
+    }
+
+    #[test]
+    fn unnamed_colour_samples_name_no_colour_and_show_none() {
+        let cfg = |unnamed_colour_fraction| ShapesConfig {
+            unnamed_colour_fraction,
+            ..ShapesConfig::default()
+        };
+        let ds = ShapesDataset::new(cfg(0.3), ShapesSplit::Train).unwrap();
+        let mut unnamed = 0;
+        for i in 0..1000 {
+            let s = ds.sample(i);
+            let names_colour = Colour::ALL.iter().any(|c| s.caption.contains(c.name()));
+            assert!(s.caption.contains(s.shape.name()), "{}", s.caption);
+            assert_eq!(names_colour, !s.unnamed_colour, "sample {i}: {}", s.caption);
+            assert!(s.unnamed_colour || !is_held_out(s.colour, s.shape));
+            // The pixel farthest from the background grey shows the fill (a fully covered
+            // pixel, up to rounding): far from every named colour for an unnamed sample,
+            // near its own for the others.
+            let fill = s
+                .image
+                .chunks_exact(3)
+                .max_by_key(|p| p.iter().map(|&v| (i32::from(v) - 40).abs()).sum::<i32>())
+                .unwrap();
+            let dist = |c: Colour| {
+                let n = c.rgb();
+                (0..3)
+                    .map(|k| (f32::from(fill[k]) - f32::from(n[k])).powi(2))
+                    .sum::<f32>()
+                    .sqrt()
+            };
+            if s.unnamed_colour {
+                unnamed += 1;
+                // Rounded to bytes, so up to a degree or so off the drawn hue.
+                let (hue, saturation, value) = hsv([0, 1, 2].map(|k| f32::from(fill[k])));
+                assert!(value * 255.0 >= 109.0, "sample {i}: {fill:?}");
+                if saturation >= UNNAMED_MAX_GREY_SATURATION + 0.01 {
+                    for c in Colour::ALL {
+                        let (named, _, _) = hsv(c.rgb().map(f32::from));
+                        let gap = (hue - named).abs().min(360.0 - (hue - named).abs());
+                        assert!(
+                            gap >= UNNAMED_MIN_HUE_GAP - 2.0,
+                            "sample {i}: {fill:?} {c:?}"
+                        );
+                    }
+                }
+            } else {
+                assert!(
+                    dist(s.colour) <= 30.0,
+                    "sample {i}: {fill:?} for {}",
+                    s.caption
+                );
+            }
+        }
+        assert!((240..360).contains(&unnamed), "{unnamed}");
+        let plain = ShapesDataset::new(cfg(0.0), ShapesSplit::Train).unwrap();
+        assert!((0..500).all(|i| !plain.sample(i).unnamed_colour));
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let e = ShapesDataset::new(cfg(bad), ShapesSplit::Train)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("unnamed_colour_fraction"), "{e}");
+        }
     }
 
     #[test]
@@ -877,6 +1103,7 @@ mod tests {
             image_size: 16,
             seed: 3,
             len: 10,
+            unnamed_colour_fraction: 0.0,
         };
         let ds = ShapesDataset::new(cfg, ShapesSplit::Train).unwrap();
         assert_eq!(ds.len(), 10);

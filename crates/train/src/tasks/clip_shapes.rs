@@ -34,6 +34,10 @@ pub struct ClipShapesSettings {
     pub train_len: usize,
     /// Samples of each evaluation split.
     pub eval_len: usize,
+    /// The fraction of training samples in a random unnamed colour with a caption naming no
+    /// colour ([`ShapesConfig::unnamed_colour_fraction`]); the evaluation splits have none.
+    #[serde(default)]
+    pub unnamed_colour_fraction: f64,
 }
 
 impl Default for ClipShapesSettings {
@@ -44,11 +48,16 @@ impl Default for ClipShapesSettings {
             vision_hidden: 64,
             vision_layers: 3,
             text_hidden: 64,
-            text_layers: 2,
+            // One layer: a shallower text tower composes words more additively (held-out
+            // pairs 74.5 % against 69.2 % with two layers, same recipe otherwise).
+            text_layers: 1,
             heads: 4,
             projection_dim: 64,
             train_len: 20_000,
             eval_len: 600,
+            // Shapes in colours without a name teach shapes apart from colours: held-out
+            // pairs 99.2 % instead of 80.5 % (docs/PERFORMANCE.md).
+            unnamed_colour_fraction: 0.4,
         }
     }
 }
@@ -118,11 +127,17 @@ impl ClipShapes {
         let tokenizer = TextTokenizer::from_file(&path)
             .map_err(|e| Error::config(path.display().to_string(), e.to_string()))?;
         let dataset = |split, len, seed| {
+            let unnamed_colour_fraction = if split == ShapesSplit::Train {
+                settings.unnamed_colour_fraction
+            } else {
+                0.0
+            };
             ShapesDataset::new(
                 ShapesConfig {
                     image_size: settings.image_size,
                     seed,
                     len,
+                    unnamed_colour_fraction,
                 },
                 split,
             )
