@@ -136,7 +136,7 @@ fn ci() -> Result<(), String> {
     ]))?;
     // CI's proptest seed (see .ci/run) unless one is set, so a local run reproduces CI's cases.
     let mut test = cargo();
-    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none_or(|v| v.is_empty()) {
         test.env("PROPTEST_RNG_SEED", CI_PROPTEST_SEED);
     }
     run(test.args(["test", "--workspace"]))?;

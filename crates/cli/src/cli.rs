@@ -244,8 +244,9 @@ pub struct TrainClipArgs {
     /// Samples per evaluation split.
     #[arg(long, value_name = "N")]
     pub eval_samples: Option<usize>,
-    /// The fraction of training samples in a random colour far from every named one, with a
-    /// caption naming no colour ("a small square"): teaches shapes apart from colours.
+    /// The fraction (0 to 1; the recipe's is 0.4, 0 turns it off) of training samples in a
+    /// random colour far from every named one, with a caption naming no colour ("a small
+    /// square"): teaches shapes apart from colours.
     #[arg(long, value_name = "F")]
     pub unnamed_colour_fraction: Option<f64>,
     /// Options of every training run.

@@ -123,22 +123,30 @@ fn sums_past_the_dtype_range_overflow_like_the_cpu() {
     let Some(g) = gpu("sums_past_the_dtype_range_overflow_like_the_cpu") else {
         return;
     };
-    // Rows of 140 000 halves (+-70 000) leave f16's range on every reduction path, whatever
-    // the accumulator: the result is the infinity of the sum's sign, as on the CPU.
-    for len in [140_000usize, 65_537, 3000] {
-        let v = 70_000.0 / len as f64;
-        for sign in [1.0, -1.0] {
-            let data = vec![sign * v; len];
-            let c = tensor(&data, &[1, len], DType::F16, &cpu());
-            let x = tensor(&data, &[1, len], DType::F16, &g);
-            let got = x.sum(1).unwrap();
-            let want = c.sum(1).unwrap();
-            assert_eq!(values(&want), [sign * f64::INFINITY], "cpu, len {len}");
-            assert_same(
-                &got,
-                &want,
-                &format!("f16 overflow, len {len}, sign {sign}"),
-            );
+    // Rows whose sum is about 7 % past the dtype's largest finite value, on every reduction
+    // path (one invocation per row, a workgroup per row, two passes), whatever the
+    // accumulator: the result is the infinity of the sum's sign, as on the CPU.
+    for dtype in floats() {
+        let total = match dtype {
+            DType::F16 => 70_000.0,
+            DType::F32 | DType::BF16 => 3.64e38,
+            _ => continue,
+        };
+        for len in [16usize, 3000, 65_537, 140_000] {
+            let v = total / len as f64;
+            for sign in [1.0, -1.0] {
+                let data = vec![sign * v; len];
+                let c = tensor(&data, &[1, len], dtype, &cpu());
+                let x = tensor(&data, &[1, len], dtype, &g);
+                let what = format!("{dtype} overflow, len {len}, sign {sign}");
+                let want = c.sum(1).unwrap();
+                assert_eq!(values(&want), [sign * f64::INFINITY], "cpu: {what}");
+                assert_same(&x.sum(1).unwrap(), &want, &what);
+                // The same row as a strided column of a broadcast (len, 2) view.
+                let col = |t: &Tensor| t.reshape([len, 1]).unwrap().broadcast_as([len, 2]).unwrap();
+                let want = col(&c).sum(0).unwrap();
+                assert_same(&col(&x).sum(0).unwrap(), &want, &format!("{what}, column"));
+            }
         }
     }
 }
