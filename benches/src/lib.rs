@@ -401,6 +401,17 @@ pub fn cuda_suite(device: &Device) -> Result<Vec<(Workload, usize)>> {
         let txt = bf16(&[n, d], 11)?;
         let scale = Tensor::full(100.0, Vec::<usize>::new(), DType::F32, device)?;
         let d_loss = Tensor::full(1.0, Vec::<usize>::new(), DType::F32, device)?;
+        {
+            let (img, txt, scale) = (img.clone(), txt.clone(), scale.clone());
+            w.push((
+                workload(
+                    format!("contrastive fwd bf16 N{n} D{d}"),
+                    2.0 * (n * n * d) as f64,
+                    move || Tensor::contrastive_loss(&img, &txt, &scale).map(drop),
+                ),
+                3,
+            ));
+        }
         w.push((
             workload(
                 format!("contrastive fwd+bwd bf16 N{n} D{d}"),

@@ -16,15 +16,18 @@
 // dv (B, H, Nk, Dv) contiguous; delta (B, H, Nq) f32 and dq_acc (B, H, Nq, D) f32 are scratch.
 //
 // Kernels and launch shapes (grid is 1-D, block index = (b * H + h) * tiles + tile):
-//   attention_fwd_mma_d{32,64,80,128}_{f16,bf16}: tensor cores. 128 threads (4 warps), one
-//       block per 64 query rows of one (b, h); each warp owns 16 rows. K/V tiles of 64 keys are
-//       double-buffered in shared memory with cp.async (16-byte copies, zero-filled past Nk;
-//       the host guarantees 16-byte aligned rows: strides and offsets multiples of 8 elements).
-//       Q fragments are loaded once by ldmatrix; S = Q K^T and O += P V use
+//   attention_fwd_mma_d{32,64,80,128}_{f16,bf16}, attention_fwd_mma2_d..: tensor cores.
+//       128 threads (4 warps), one block per BQ query rows of one (b, h): BQ = 64 (mma, each
+//       warp owns 16 rows) or 128 (mma2, each warp owns two 16-row tiles, so every K/V
+//       fragment read from shared memory feeds two multiplies). K/V tiles of BC keys (64; 32
+//       for mma2 at D = 128) are double-buffered in shared memory with cp.async (16-byte
+//       copies, zero-filled past Nk; the host guarantees 16-byte aligned rows: strides and
+//       offsets multiples of 8 elements). Q fragments are loaded by ldmatrix, once when they
+//       fit in registers (BQ * D <= 8192), else at every k-step; S = Q K^T and O += P V use
 //       mma.sync.m16n8k16 (f32 accumulators; V fragments by ldmatrix.trans); the online softmax
 //       runs in the log2 domain on the S accumulators, which are re-packed in registers as the
 //       A operand of P V (P rounded to the input dtype, as FlashAttention-2). Needs D == Dv.
-//       Dynamic shared memory: (64 + 4 * 64) * (D + 8) * 2 + 512 bytes (opt-in above 48 KB).
+//       Dynamic shared memory: (BQ + 4 BC) * (D + 8) * 2 + 8 BC bytes (opt-in above 48 KB).
 //   attention_fwd_simt_{f32,f16,bf16}: CUDA cores, any D, Dv <= 128. 128 threads, one block per
 //       32 query rows; 4 threads per query row (each owning every 4th output column), key tiles
 //       of 32 in shared memory (f32, rows padded by one word), the same online softmax.
@@ -153,20 +156,28 @@ __device__ __forceinline__ int at_kv_end(int causal, int q0, int rows, int Nq, i
 
 // ------------------------------------------------------------------------------ forward, mma
 
-#define AT_MMA_BQ 64
 #define AT_MMA_BC 64
 #define AT_MMA_THREADS 128
 
-template <class T, int D>
+// MT is the number of 16-row tiles each warp owns (block rows BQ = 64 * MT). Two tiles per
+// warp let every K and V fragment read from shared memory (ldmatrix) feed two mma.sync
+// instead of one, halving the shared-memory traffic per multiply, which otherwise limits the
+// kernel; one tile wastes less work when Nq is small. Q fragments stay in registers unless
+// that would crowd the accumulators (MT * D > 128), in which case each k-step reloads them
+// from shared memory. BC is the key tile: 64, or 32 where 64 would spill many registers
+// (MT = 2 with D = 128).
+template <class T, int D, int MT, int BC>
 __device__ __forceinline__ void at_fwd_mma(
     const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,
     const unsigned short* __restrict__ v, const unsigned* __restrict__ key_mask,
     unsigned short* __restrict__ out, float* __restrict__ lse, int H, int Nq, int Nk,
     long long qsb, long long qsh, long long qsn, long long ksb, long long ksh, long long ksn,
     long long vsb, long long vsh, long long vsn, float scale_log2, int causal, int q_tiles) {
-    constexpr int BQ = AT_MMA_BQ, BC = AT_MMA_BC, LD = D + 8, DC = D / 8, NT = AT_MMA_THREADS;
+    constexpr int BQ = 64 * MT, LD = D + 8, DC = D / 8, NT = AT_MMA_THREADS;
     constexpr int KD = D / 16;  // k-steps of Q K^T, and pairs of 8-wide output tiles
     constexpr int NS = BC / 8;  // 8-wide score tiles per key tile
+    constexpr bool QREG = MT * D <= 128;
+    constexpr int QF = QREG ? MT * KD : 1;
     extern __shared__ __align__(16) unsigned char at_smem[];
     unsigned short* Qs = (unsigned short*)at_smem;  // [BQ][LD]
     unsigned short* Ks = Qs + BQ * LD;              // [2][BC][LD]
@@ -180,6 +191,7 @@ __device__ __forceinline__ void at_fwd_mma(
     const int bh = bid / q_tiles;
     const int b = bh / H, h = bh - b * H;
     const int q0 = qt * BQ;
+    const int wrow = warp * 16 * MT;  // this warp's first row in the block
     const int kv_end = at_kv_end(causal, q0, BQ, Nq, Nk);
     const int n_tiles = (kv_end + BC - 1) / BC;
     const unsigned short* qb = q + b * qsb + h * qsh;
@@ -187,11 +199,17 @@ __device__ __forceinline__ void at_fwd_mma(
     const unsigned short* vb = v + b * vsb + h * vsh;
     const unsigned* mrow = key_mask ? key_mask + (long long)b * Nk : 0;
 
-    float o[2 * KD][4];
+    float o[MT][2 * KD][4];
 #pragma unroll
-    for (int i = 0; i < 2 * KD; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m_run[2] = {at_neg_inf(), at_neg_inf()};
-    float l_run[2] = {0.0f, 0.0f};
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int i = 0; i < 2 * KD; ++i) o[m][i][0] = o[m][i][1] = o[m][i][2] = o[m][i][3] = 0.0f;
+    float m_run[MT][2], l_run[MT][2];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        m_run[m][0] = m_run[m][1] = at_neg_inf();
+        l_run[m][0] = l_run[m][1] = 0.0f;
+    }
 
     if (n_tiles > 0) {
         // Q tile and the first K/V tile: one commit group.
@@ -201,7 +219,7 @@ __device__ __forceinline__ void at_fwd_mma(
             at_cp16(at_smem_addr(Qs + r * LD + cc * 8), qb + (ok ? q0 + r : 0) * qsn + cc * 8, ok);
         }
     }
-    unsigned qf[KD][4];
+    unsigned qf[QF][4];  // [m * KD + kk] when QREG
     for (int t = 0; t < n_tiles; ++t) {
         // Issue tile t (first iteration) and t + 1 (prefetch); stage of tile i is i & 1.
         for (int tile = (t == 0 ? 0 : t + 1); tile <= t + 1 && tile < n_tiles; ++tile) {
@@ -225,13 +243,15 @@ __device__ __forceinline__ void at_fwd_mma(
         if (t + 1 < n_tiles) at_cp_wait<1>(); else at_cp_wait<0>();
         __syncthreads();
 
-        if (t == 0) {
+        if (QREG && t == 0) {
 #pragma unroll
-            for (int kk = 0; kk < KD; ++kk) {
-                int row = warp * 16 + (lane & 15);
-                int col = kk * 16 + (lane >> 4) * 8;
-                at_ldsm_x4(qf[kk], at_smem_addr(Qs + row * LD + col));
-            }
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+                for (int kk = 0; kk < KD; ++kk) {
+                    int row = wrow + m * 16 + (lane & 15);
+                    int col = kk * 16 + (lane >> 4) * 8;
+                    at_ldsm_x4(qf[QREG ? m * KD + kk : 0], at_smem_addr(Qs + row * LD + col));
+                }
         }
 
         const int st = t & 1, kv0 = t * BC;
@@ -239,98 +259,149 @@ __device__ __forceinline__ void at_fwd_mma(
         const unsigned short* Vt = Vs + st * BC * LD;
         const float* kv_ok = kval + st * BC;
 
-        // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
-        float s[NS][4];
+        // S = Q K^T for this warp's 16 * MT rows and the tile's 64 keys.
+        float s[MT][NS][4];
 #pragma unroll
-        for (int i = 0; i < NS; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int i = 0; i < NS; ++i) s[m][i][0] = s[m][i][1] = s[m][i][2] = s[m][i][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < KD; ++kk) {
+            unsigned qs[QREG ? 1 : MT][4];
+            if (!QREG) {
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    int row = wrow + m * 16 + (lane & 15);
+                    int col = kk * 16 + (lane >> 4) * 8;
+                    at_ldsm_x4(qs[QREG ? 0 : m], at_smem_addr(Qs + row * LD + col));
+                }
+            }
 #pragma unroll
             for (int np = 0; np < NS / 2; ++np) {
                 unsigned kf[4];
                 int key = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
                 int col = kk * 16 + ((lane >> 3) & 1) * 8;
                 at_ldsm_x4(kf, at_smem_addr(Kt + key * LD + col));
-                T::mma(s[2 * np], qf[kk], kf[0], kf[1]);
-                T::mma(s[2 * np + 1], qf[kk], kf[2], kf[3]);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    const unsigned* a = QREG ? qf[QREG ? m * KD + kk : 0] : qs[QREG ? 0 : m];
+                    T::mma(s[m][2 * np], a, kf[0], kf[1]);
+                    T::mma(s[m][2 * np + 1], a, kf[2], kf[3]);
+                }
             }
         }
 
-        // Scale into the log2 domain, mask, and update the running max.
-        const int qi0 = q0 + warp * 16 + g;  // rows qi0 (c0, c1) and qi0 + 8 (c2, c3)
-        float mx[2] = {at_neg_inf(), at_neg_inf()};
         // Warp-uniform: every key of the tile exists, none is masked, and even the warp's
-        // first row sees the tile's last key.
+        // first row sees the tile's last key. With a positive scale such a tile keeps the raw
+        // scores: their max times the scale is the max of the scaled scores (rounding is
+        // monotone), and the scaling folds into the exponent's fused multiply-add.
         const bool full = kv0 + BC <= Nk && !mrow &&
-                          (!causal || kv0 + BC - 1 <= q0 + warp * 16 + Nk - Nq);
-        if (full) {
+                          (!causal || kv0 + BC - 1 <= q0 + wrow + Nk - Nq);
+        const bool raw = full && scale_log2 > 0.0f;
 #pragma unroll
-            for (int nt = 0; nt < NS; ++nt) {
+        for (int m = 0; m < MT; ++m) {
+            // Mask (and, unless `raw`, scale into the log2 domain); update the running max.
+            const int qi0 = q0 + wrow + m * 16 + g;  // rows qi0 (c0, c1) and qi0 + 8 (c2, c3)
+            float mx[2] = {at_neg_inf(), at_neg_inf()};
+            if (raw) {
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    float x = s[nt][e] * scale_log2;
-                    s[nt][e] = x;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[m][nt][e]);
+                }
+                mx[0] *= scale_log2;
+                mx[1] *= scale_log2;
+            } else if (full) {
+#pragma unroll
+                for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float x = s[m][nt][e] * scale_log2;
+                        s[m][nt][e] = x;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        int col = nt * 8 + tig * 2 + (e & 1);
+                        int qi = qi0 + (e >> 1) * 8;
+                        bool vis = kv_ok[col] != 0.0f && (!causal || kv0 + col <= qi + Nk - Nq);
+                        float x = vis ? s[m][nt][e] * scale_log2 : at_neg_inf();
+                        s[m][nt][e] = x;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                    }
                 }
             }
-        } else {
+            float alpha[2], m_use[2];
 #pragma unroll
-            for (int nt = 0; nt < NS; ++nt) {
+            for (int r = 0; r < 2; ++r) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                float m_new = fmaxf(m_run[m][r], mx[r]);
+                m_use[r] = m_new == at_neg_inf() ? 0.0f : m_new;
+                alpha[r] = exp2f(m_run[m][r] - m_use[r]);  // 0 while nothing was visible
+                m_run[m][r] = m_new;
+                l_run[m][r] *= alpha[r];
+            }
+            // Once the running max settles, alpha is exactly 1 for every row of the warp, and
+            // the rescale (a multiply per output accumulator) is skipped.
+            if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    int col = nt * 8 + tig * 2 + (e & 1);
-                    int qi = qi0 + (e >> 1) * 8;
-                    bool vis = kv_ok[col] != 0.0f && (!causal || kv0 + col <= qi + Nk - Nq);
-                    float x = vis ? s[nt][e] * scale_log2 : at_neg_inf();
-                    s[nt][e] = x;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                for (int nt = 0; nt < 2 * KD; ++nt) {
+                    o[m][nt][0] *= alpha[0];
+                    o[m][nt][1] *= alpha[0];
+                    o[m][nt][2] *= alpha[1];
+                    o[m][nt][3] *= alpha[1];
                 }
             }
-        }
-        float alpha[2], m_use[2];
+            if (raw) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            float m_new = fmaxf(m_run[r], mx[r]);
-            m_use[r] = m_new == at_neg_inf() ? 0.0f : m_new;
-            alpha[r] = exp2f(m_run[r] - m_use[r]);  // 0 while nothing was visible
-            m_run[r] = m_new;
-            l_run[r] *= alpha[r];
-        }
+                for (int nt = 0; nt < NS; ++nt) {
 #pragma unroll
-        for (int nt = 0; nt < 2 * KD; ++nt) {
-            o[nt][0] *= alpha[0];
-            o[nt][1] *= alpha[0];
-            o[nt][2] *= alpha[1];
-            o[nt][3] *= alpha[1];
-        }
+                    for (int e = 0; e < 4; ++e) {
+                        float p = exp2f(fmaf(s[m][nt][e], scale_log2, -m_use[e >> 1]));
+                        s[m][nt][e] = p;
+                        l_run[m][e >> 1] += p;
+                    }
+                }
+            } else {
 #pragma unroll
-        for (int nt = 0; nt < NS; ++nt) {
+                for (int nt = 0; nt < NS; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float p = exp2f(s[nt][e] - m_use[e >> 1]);
-                s[nt][e] = p;
-                l_run[e >> 1] += p;
+                    for (int e = 0; e < 4; ++e) {
+                        float p = exp2f(s[m][nt][e] - m_use[e >> 1]);
+                        s[m][nt][e] = p;
+                        l_run[m][e >> 1] += p;
+                    }
+                }
             }
         }
 
         // O += P V: the S accumulators of key tiles 2 t2, 2 t2 + 1 are the A fragment.
 #pragma unroll
         for (int t2 = 0; t2 < NS / 2; ++t2) {
-            unsigned pa[4];
-            pa[0] = T::pack(s[2 * t2][0], s[2 * t2][1]);
-            pa[1] = T::pack(s[2 * t2][2], s[2 * t2][3]);
-            pa[2] = T::pack(s[2 * t2 + 1][0], s[2 * t2 + 1][1]);
-            pa[3] = T::pack(s[2 * t2 + 1][2], s[2 * t2 + 1][3]);
+            unsigned pa[MT][4];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                pa[m][0] = T::pack(s[m][2 * t2][0], s[m][2 * t2][1]);
+                pa[m][1] = T::pack(s[m][2 * t2][2], s[m][2 * t2][3]);
+                pa[m][2] = T::pack(s[m][2 * t2 + 1][0], s[m][2 * t2 + 1][1]);
+                pa[m][3] = T::pack(s[m][2 * t2 + 1][2], s[m][2 * t2 + 1][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < KD; ++dp) {
                 unsigned vf[4];
                 int key = t2 * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
                 int col = dp * 16 + ((lane >> 4) & 1) * 8;
                 at_ldsm_x4_t(vf, at_smem_addr(Vt + key * LD + col));
-                T::mma(o[2 * dp], pa, vf[0], vf[1]);
-                T::mma(o[2 * dp + 1], pa, vf[2], vf[3]);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) {
+                    T::mma(o[m][2 * dp], pa[m], vf[0], vf[1]);
+                    T::mma(o[m][2 * dp + 1], pa[m], vf[2], vf[3]);
+                }
             }
         }
         // The next iteration's prefetch overwrites the stage read two iterations from now;
@@ -338,39 +409,47 @@ __device__ __forceinline__ void at_fwd_mma(
         __syncthreads();
     }
 
-    // Normalise and write: rows qi0 and qi0 + 8 of this warp.
+    // Normalise and write: rows qi0 and qi0 + 8 of each of this warp's row tiles.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float l = l_run[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int qi = q0 + warp * 16 + g + r * 8;
-        if (qi < Nq) {
-            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-            unsigned short* orow = out + ((long long)bh * Nq + qi) * D;
+    for (int m = 0; m < MT; ++m) {
 #pragma unroll
-            for (int nt = 0; nt < 2 * KD; ++nt) {
-                unsigned packed = T::pack(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
-                *(unsigned*)(orow + nt * 8 + tig * 2) = packed;
+        for (int r = 0; r < 2; ++r) {
+            float l = l_run[m][r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int qi = q0 + wrow + m * 16 + g + r * 8;
+            if (qi < Nq) {
+                const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+                unsigned short* orow = out + ((long long)bh * Nq + qi) * D;
+#pragma unroll
+                for (int nt = 0; nt < 2 * KD; ++nt) {
+                    unsigned packed = T::pack(o[m][nt][2 * r] * inv, o[m][nt][2 * r + 1] * inv);
+                    *(unsigned*)(orow + nt * 8 + tig * 2) = packed;
+                }
+                if (tig == 0)
+                    lse[(long long)bh * Nq + qi] =
+                        l > 0.0f ? m_run[m][r] * AT_LN2 + __logf(l) : at_neg_inf();
             }
-            if (tig == 0)
-                lse[(long long)bh * Nq + qi] =
-                    l > 0.0f ? m_run[r] * AT_LN2 + __logf(l) : at_neg_inf();
         }
     }
 }
 
-#define AT_FWD_MMA(D, SUF, T)                                                                  \
-    extern "C" __global__ void __launch_bounds__(AT_MMA_THREADS)                              \
-        attention_fwd_mma_d##D##_##SUF(                                                        \
-            const unsigned short* q, const unsigned short* k, const unsigned short* v,         \
-            const unsigned* key_mask, unsigned short* out, float* lse, int H, int Nq, int Nk,  \
-            long long qsb, long long qsh, long long qsn, long long ksb, long long ksh,         \
-            long long ksn, long long vsb, long long vsh, long long vsn, float scale_log2,      \
-            int causal, int q_tiles) {                                                         \
-        at_fwd_mma<T, D>(q, k, v, key_mask, out, lse, H, Nq, Nk, qsb, qsh, qsn, ksb, ksh, ksn, \
-                         vsb, vsh, vsn, scale_log2, causal, q_tiles);                          \
+// attention_fwd_mma_d<D>_<dt>: 64 query rows per block (MT = 1), key tiles of 64;
+// attention_fwd_mma2_d<D>_<dt>: 128 query rows per block (MT = 2), key tiles of 64 below
+// D = 128 and 32 at D = 128. Same arguments.
+#define AT_FWD_MMA_KERNEL(NAME, D, SUF, T, MT, BC)                                           \
+    extern "C" __global__ void __launch_bounds__(AT_MMA_THREADS) NAME##_d##D##_##SUF(          \
+        const unsigned short* q, const unsigned short* k, const unsigned short* v,             \
+        const unsigned* key_mask, unsigned short* out, float* lse, int H, int Nq, int Nk,      \
+        long long qsb, long long qsh, long long qsn, long long ksb, long long ksh,             \
+        long long ksn, long long vsb, long long vsh, long long vsn, float scale_log2,          \
+        int causal, int q_tiles) {                                                             \
+        at_fwd_mma<T, D, MT, BC>(q, k, v, key_mask, out, lse, H, Nq, Nk, qsb, qsh, qsn, ksb,   \
+                                 ksh, ksn, vsb, vsh, vsn, scale_log2, causal, q_tiles);        \
     }
+#define AT_FWD_MMA(D, SUF, T)                                                                  \
+    AT_FWD_MMA_KERNEL(attention_fwd_mma, D, SUF, T, 1, AT_MMA_BC)                              \
+    AT_FWD_MMA_KERNEL(attention_fwd_mma2, D, SUF, T, 2, (D >= 128 ? 32 : AT_MMA_BC))
 
 AT_FWD_MMA(32, f16, AtF16)
 AT_FWD_MMA(64, f16, AtF16)
@@ -395,6 +474,7 @@ AT_FWD_MMA(128, bf16, AtBF16)
 // shared-memory phase.
 // Dynamic shared memory: 4 * 64 * (D + 8) * 2 + 64 * 72 * 2 + 3 * 64 * 4 bytes.
 #define AT_BWD_LDS 72
+#define AT_MMA_BQ 64  // query rows per tile the backward walks
 
 template <class T, int D>
 __device__ __forceinline__ void at_bwd_mma(

@@ -18,12 +18,12 @@
 //
 // Tiles: every tile kernel computes one 128 x 128 block of sims = img txt^T with 256 threads:
 //   *_mma_{f16,bf16}: tensor cores (mma.sync.m16n8k16, f32 accumulators), 8 warps as 2 x 4,
-//       warp tile 64 x 32, K in steps of 32 through a 3-stage cp.async pipeline (16-byte
+//       warp tile 64 x 32, K in steps of 64 through a 3-stage cp.async pipeline (16-byte
 //       copies: D % 8 == 0 and 16-byte aligned rows, checked by the host), ldmatrix fragments,
-//       rows padded to 40 halves (conflict-free ldmatrix).
+//       rows padded to 72 halves (conflict-free ldmatrix).
 //   *_simt_{f32,f16,bf16}: CUDA cores, any D and alignment, 8 x 8 outputs per thread, K in
 //       steps of 16 through shared memory (f32).
-//   Dynamic shared memory: CT_SMEM_BYTES (69632; opt-in above 48 KB) for every tile kernel.
+//   Dynamic shared memory: CT_SMEM_BYTES (110592; opt-in above 48 KB) for every tile kernel.
 // Kernels and launch shapes (1-D grids):
 //   contrastive_fwd_{mma,simt}_<dt>: grid n_t * n_t (n_t = ceil(N / 128)), block (ti, tj) =
 //       (bid / n_t, bid % n_t). The logits tile goes to shared memory; each warp reduces 16 rows
@@ -46,14 +46,18 @@
 
 #define CT_BM 128
 #define CT_BN 128
-#define CT_BK 32
+#define CT_BK 64
 #define CT_LDK (CT_BK + 8)
 #define CT_STAGES 3
 #define CT_THREADS 256
 #define CT_SBK 16
 #define CT_SLD (CT_BM + 4)
 #define CT_LDS (CT_BN + 4)  // f32 logits tile row stride
-#define CT_SMEM_BYTES (CT_BM * CT_LDS * 4 + 4 * CT_BN * 4)
+// The larger of the tensor-core pipeline (3 stages of 128 + 128 rows of CT_LDK halves) and
+// the f32 logits tile with its column statistics (the CUDA-core forward).
+#define CT_PIPE_BYTES (CT_STAGES * (CT_BM + CT_BN) * CT_LDK * 2)
+#define CT_TILE_BYTES (CT_BM * CT_LDS * 4 + 4 * CT_BN * 4)
+#define CT_SMEM_BYTES (CT_PIPE_BYTES > CT_TILE_BYTES ? CT_PIPE_BYTES : CT_TILE_BYTES)
 
 __device__ __forceinline__ float ct_neg_inf() { return __int_as_float(0xff800000); }
 
@@ -167,14 +171,15 @@ __device__ __forceinline__ void ct_tile_mma(float (&acc)[4][4][4], const unsigne
         for (int b = 0; b < 4; ++b) acc[a][b][0] = acc[a][b][1] = acc[a][b][2] = acc[a][b][3] = 0.0f;
     const int nk = (K + CT_BK - 1) / CT_BK;
 
-    // 128 rows x 4 chunks of 8 elements per operand: 2 chunks per thread each.
+    // 128 rows x CT_BK / 8 chunks of 8 elements per operand: 4 chunks per thread each.
+    constexpr int CPR = CT_BK / 8;  // chunks per row
     auto load = [&](int stage, int k0) {
         unsigned short* ad = As + stage * CT_BM * CT_LDK;
         unsigned short* bd = Bs + stage * CT_BN * CT_LDK;
 #pragma unroll
-        for (int u = 0; u < 2; ++u) {
+        for (int u = 0; u < CT_BM * CPR / CT_THREADS; ++u) {
             int c = tid + u * CT_THREADS;
-            int r = c >> 2, cc = c & 3;
+            int r = c / CPR, cc = c % CPR;
             int k = k0 + cc * 8;
             bool oka = r < rows_a && k < K;
             bool okb = r < rows_b && k < K;
@@ -311,6 +316,122 @@ struct CtTile<T, false> {
 
 // ------------------------------------------------------------------------------ forward
 
+// The tensor-core forward's statistics straight from the accumulators, without the logits
+// tile in shared memory. Thread (warp w = 4 wm + wn, lane = 4 g + tig) holds rows
+// wm * 64 + mt * 16 + g + 8 h and columns wn * 32 + nt * 8 + 2 tig + l (mt, nt < 4; h, l < 2).
+// Rows: max and sum of e^{z - max} over the thread's 8 columns, then over the 4 lanes of a
+// row (shuffles), giving one partial per row and column warp (4 per row); columns: over the
+// thread's 8 rows, then the 8 lanes of a column, one partial per row warp (2 per column). The
+// partials meet in shared memory and are merged into row_part / col_part (already offset to
+// this block's tile row / column). Diagonal tiles also write diag.
+template <class T>
+__device__ __forceinline__ void ct_fwd_stats_mma(const unsigned short* A, long long lda,
+                                                 const unsigned short* B, long long ldb, int N,
+                                                 int D, int i0, int j0, bool diagonal,
+                                                 float scale, unsigned char* smem,
+                                                 float2* __restrict__ row_part,
+                                                 float2* __restrict__ col_part,
+                                                 float* __restrict__ diag) {
+    float acc[4][4][4];
+    ct_tile_mma<T>(acc, A, lda, N - i0, B, ldb, N - j0, D, (unsigned short*)smem);
+    // ct_tile_mma ends with a barrier: its pipeline buffers are free again.
+    float2* rstat = (float2*)smem;       // [4][BM]: per column warp
+    float2* cstat = rstat + 4 * CT_BM;   // [2][BN]: per row warp
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, tig = lane & 3;
+    const float ninf = ct_neg_inf();
+
+    // Scale and mask: z = -inf outside the N x N matrix.
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = wm * 64 + mt * 16 + g + (e >> 1) * 8;
+                const int c = wn * 32 + nt * 8 + tig * 2 + (e & 1);
+                const float z = acc[mt][nt][e] * scale;
+                acc[mt][nt][e] = (i0 + r < N && j0 + c < N) ? z : ninf;
+                if (diagonal && r == c && i0 + r < N) diag[i0 + r] = z;
+            }
+
+    // Rows.
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float mx = ninf;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+                mx = fmaxf(mx, fmaxf(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float sum = 0.0f;
+            if (mx != ninf) {
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                    for (int l = 0; l < 2; ++l) {
+                        const float z = acc[mt][nt][2 * h + l];
+                        sum += z == ninf ? 0.0f : __expf(z - mx);
+                    }
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            if (tig == 0) rstat[wn * CT_BM + wm * 64 + mt * 16 + g + h * 8] = make_float2(mx, sum);
+        }
+
+    // Columns.
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int l = 0; l < 2; ++l) {
+            float mx = ninf;
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+                mx = fmaxf(mx, fmaxf(acc[mt][nt][l], acc[mt][nt][2 + l]));
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float sum = 0.0f;
+            if (mx != ninf) {
+#pragma unroll
+                for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const float z = acc[mt][nt][2 * h + l];
+                        sum += z == ninf ? 0.0f : __expf(z - mx);
+                    }
+            }
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            if (g == 0) cstat[wm * CT_BN + wn * 32 + nt * 8 + tig * 2 + l] = make_float2(mx, sum);
+        }
+    __syncthreads();
+
+    if (tid < CT_BM) {
+        if (i0 + tid < N) {
+            float m = ninf, l = 0.0f;
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                const float2 p = rstat[w * CT_BM + tid];
+                ct_merge(m, l, p.x, p.y);
+            }
+            row_part[i0 + tid] = make_float2(m, l);
+        }
+    } else {
+        const int c = tid - CT_BM;
+        if (j0 + c < N) {
+            float m = ninf, l = 0.0f;
+#pragma unroll
+            for (int w = 0; w < 2; ++w) {
+                const float2 p = cstat[w * CT_BN + c];
+                ct_merge(m, l, p.x, p.y);
+            }
+            col_part[j0 + c] = make_float2(m, l);
+        }
+    }
+}
+
 template <class T, bool MMA>
 __device__ __forceinline__ void ct_fwd(const typename T::raw* __restrict__ img,
                                        const typename T::raw* __restrict__ txt, int N, int D,
@@ -325,6 +446,13 @@ __device__ __forceinline__ void ct_fwd(const typename T::raw* __restrict__ img,
     const float scale = *scale_p;
     float* Ss = (float*)ct_smem;             // [BM][LDS] logits, after the engine
     float* cstat = Ss + CT_BM * CT_LDS;      // [2][BN] max, [2][BN] sum
+
+    if constexpr (MMA) {
+        ct_fwd_stats_mma<T>(img + (long long)i0 * lda, lda, txt + (long long)j0 * ldb, ldb, N, D,
+                            i0, j0, ti == tj, scale, ct_smem, row_part + (long long)tj * N,
+                            col_part + (long long)ti * N, diag);
+        return;
+    }
 
     CtTile<T, MMA>::run(img + (long long)i0 * lda, lda, N - i0, txt + (long long)j0 * ldb, ldb,
                         N - j0, D, ct_smem,

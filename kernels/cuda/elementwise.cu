@@ -10,7 +10,11 @@
 // destination is a view too.
 //
 // Launch: 1-D grid of 256-thread blocks, grid-stride loop over `n` (one output element per
-// thread and iteration).
+// thread and iteration). Dense fast paths: where every view is one unit-stride run (and, for
+// copies, where the source repeats one row of a dense destination, as a broadcast bias) and
+// every start is 16-byte aligned, each thread moves 16 bytes (8 halves or 4 floats) per
+// iteration; the host launches about one thread per 4 elements, which the scalar path covers
+// by looping.
 //
 // Algorithm: out[i] = f(in[gl_index(layout, i)]). Half types are loaded to f32, computed in
 // f32 and rounded once when stored. Data movers (fill, copy, where) work on the raw 16- or
@@ -33,15 +37,63 @@ extern "C" __global__ void fill_b32(gl_u32 value, gl_u32* out, gl_u64 n) {
     GL_GRID_STRIDE(i, n) { out[i] = value; }
 }
 
+// 16 bytes as one vector or as elements.
+template <class T>
+union GlVec16 {
+    uint4 v;
+    T e[16 / sizeof(T)];
+};
+
+__device__ __forceinline__ bool gl_aligned16(const void* p) { return ((gl_u64)p & 15) == 0; }
+
+// Whether `l` is one unit-stride run (the host merges a dense view down to rank 1).
+__device__ __forceinline__ bool gl_unit_run(const GlLayout& l) {
+    return l.rank == 1 && l.strides[0] == 1;
+}
+
+// Whether `l` is row-major dense over its dims (any rank).
+__device__ __forceinline__ bool gl_row_major(const GlLayout& l) {
+    gl_u64 want = 1;
+    for (int d = (int)l.rank - 1; d >= 0; --d) {
+        if (l.dims[d] != 1 && l.strides[d] != want) return false;
+        want *= l.dims[d];
+    }
+    return true;
+}
+
 // out[gl_index(dst, i)] = x[gl_index(src, i)]; `src` and `dst` have the same dims.
+// Fast paths: a dense destination filled from a dense source, or from one row repeated (src
+// strides (0, 1), a broadcast bias), with 16-byte aligned starts and rows.
+template <class T>
+__device__ void copy_impl(const GlLayout& src, const T* x, const GlLayout& dst, T* out,
+                          gl_u64 n) {
+    constexpr int V = 16 / sizeof(T);
+    T* o = out + dst.offset;
+    const T* xs = x + src.offset;
+    const bool dst_dense = gl_row_major(dst) && gl_aligned16(o) && gl_aligned16(xs);
+    if (dst_dense && gl_unit_run(src)) {
+        const gl_u64 nv = n / V;
+        GL_GRID_STRIDE(i, nv) { ((uint4*)o)[i] = ((const uint4*)xs)[i]; }
+        GL_GRID_STRIDE(i, n - nv * V) { o[nv * V + i] = xs[nv * V + i]; }
+        return;
+    }
+    if (dst_dense && src.rank == 2 && src.strides[0] == 0 && src.strides[1] == 1 &&
+        src.dims[1] % V == 0) {
+        const gl_u64 row_v = src.dims[1] / V;
+        GL_GRID_STRIDE(i, n / V) { ((uint4*)o)[i] = ((const uint4*)xs)[i % row_v]; }
+        return;
+    }
+    GL_GRID_STRIDE(i, n) { out[gl_index(dst, i)] = x[gl_index(src, i)]; }
+}
+
 extern "C" __global__ void copy_b16(GlLayout src, const gl_u16* x, GlLayout dst, gl_u16* out,
                                     gl_u64 n) {
-    GL_GRID_STRIDE(i, n) { out[gl_index(dst, i)] = x[gl_index(src, i)]; }
+    copy_impl<gl_u16>(src, x, dst, out, n);
 }
 
 extern "C" __global__ void copy_b32(GlLayout src, const gl_u32* x, GlLayout dst, gl_u32* out,
                                     gl_u64 n) {
-    GL_GRID_STRIDE(i, n) { out[gl_index(dst, i)] = x[gl_index(src, i)]; }
+    copy_impl<gl_u32>(src, x, dst, out, n);
 }
 
 // ------------------------------------------------------------------------ cast
@@ -117,11 +169,44 @@ __device__ __forceinline__ float gl_unary_f32(gl_u32 op, float x, float a, float
     }
 }
 
+// The dense path of a unary op: 16 bytes per thread and step, then the tail. OP >= 0 fixes
+// the op at compile time (the activations, where the op's switch inside the loop would cost
+// as much as the arithmetic); OP < 0 reads it from `op`.
+template <class E, int OP>
+__device__ __forceinline__ void unary_dense(gl_u32 op, float a, float b, const typename E::T* xs,
+                                            typename E::T* out, gl_u64 n) {
+    typedef typename E::T T;
+    constexpr int V = 16 / sizeof(T);
+    const gl_u32 code = OP >= 0 ? (gl_u32)OP : op;
+    const gl_u64 nv = n / V;
+    GL_GRID_STRIDE(i, nv) {
+        GlVec16<T> in, res;
+        in.v = ((const uint4*)xs)[i];
+#pragma unroll
+        for (int j = 0; j < V; ++j) res.e[j] = E::store(gl_unary_f32(code, E::load(in.e[j]), a, b));
+        ((uint4*)out)[i] = res.v;
+    }
+    GL_GRID_STRIDE(i, n - nv * V) {
+        const gl_u64 j = nv * V + i;
+        out[j] = E::store(gl_unary_f32(code, E::load(xs[j]), a, b));
+    }
+}
+
 template <class E>
 __device__ void unary_impl(gl_u32 op, double p0, double p1, const GlLayout& src,
                            const typename E::T* x, typename E::T* out, gl_u64 n) {
     const float a = gl_f64_to_f32(p0);
     const float b = gl_f64_to_f32(p1);
+    const typename E::T* xs = x + src.offset;
+    if (gl_unit_run(src) && gl_aligned16(xs) && gl_aligned16(out)) {
+        switch (op) {
+            case 16: unary_dense<E, 16>(op, a, b, xs, out, n); break;
+            case 17: unary_dense<E, 17>(op, a, b, xs, out, n); break;
+            case 18: unary_dense<E, 18>(op, a, b, xs, out, n); break;
+            default: unary_dense<E, -1>(op, a, b, xs, out, n); break;
+        }
+        return;
+    }
     GL_GRID_STRIDE(i, n) { out[i] = E::store(gl_unary_f32(op, E::load(x[gl_index(src, i)]), a, b)); }
 }
 
@@ -189,6 +274,28 @@ template <class E>
 __device__ void binary_impl(gl_u32 op, const GlLayout& la, const typename E::T* a,
                             const GlLayout& lb, const typename E::T* b, typename E::T* out,
                             gl_u64 n) {
+    typedef typename E::T T;
+    constexpr int V = 16 / sizeof(T);
+    const T* as = a + la.offset;
+    const T* bs = b + lb.offset;
+    if (gl_unit_run(la) && gl_unit_run(lb) && gl_aligned16(as) && gl_aligned16(bs) &&
+        gl_aligned16(out)) {
+        const gl_u64 nv = n / V;
+        GL_GRID_STRIDE(i, nv) {
+            GlVec16<T> x, y, res;
+            x.v = ((const uint4*)as)[i];
+            y.v = ((const uint4*)bs)[i];
+#pragma unroll
+            for (int j = 0; j < V; ++j)
+                res.e[j] = E::store(gl_binary_f32(op, E::load(x.e[j]), E::load(y.e[j])));
+            ((uint4*)out)[i] = res.v;
+        }
+        GL_GRID_STRIDE(i, n - nv * V) {
+            const gl_u64 j = nv * V + i;
+            out[j] = E::store(gl_binary_f32(op, E::load(as[j]), E::load(bs[j])));
+        }
+        return;
+    }
     GL_GRID_STRIDE(i, n) {
         const float x = E::load(a[gl_index(la, i)]);
         const float y = E::load(b[gl_index(lb, i)]);

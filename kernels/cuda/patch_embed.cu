@@ -15,7 +15,7 @@
 // Kernels and launch shapes (256 threads, 1-D grid of m_tiles * n_tiles blocks of 128 x 128
 // outputs, block = (bid / n_tiles, bid % n_tiles)):
 //   patch_embed_mma_{f16,bf16}: tensor cores (mma.sync.m16n8k16, f32 accumulators), 8 warps as
-//       2 x 4 (warp tile 64 x 32), K in steps of 32 through a 3-stage cp.async pipeline:
+//       2 x 4 (warp tile 64 x 32), K in steps of 32 through a 4-stage cp.async pipeline:
 //       every 16-byte chunk of A is 8 consecutive pixels of one image row, which needs
 //       P % 8 == 0 and 16-byte aligned rows (sb, sc, sh and the offset multiples of 8); the
 //       host checks this. Fragments by ldmatrix from rows padded to 40 halves.
@@ -24,7 +24,7 @@
 //   The epilogue adds bias and position rows to the f32 accumulators, rounds once (pairs of
 //   adjacent outputs stored together when E is even), and the thread owning the first patch
 //   of an image also writes that image's class row.
-//   Dynamic shared memory: PE_SMEM_BYTES (61440; opt-in above 48 KB) for both.
+//   Dynamic shared memory: PE_SMEM_BYTES (81920; opt-in above 48 KB) for both.
 //
 // No CUDA headers: 16-bit types travel as unsigned short and convert through inline PTX.
 
@@ -32,7 +32,7 @@
 #define PE_BN 128
 #define PE_BK 32
 #define PE_LDK (PE_BK + 8)
-#define PE_STAGES 3
+#define PE_STAGES 4
 #define PE_THREADS 256
 #define PE_SBK 16
 #define PE_SLD (PE_BM + 4)

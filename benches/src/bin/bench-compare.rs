@@ -31,7 +31,7 @@ fn main() {
             None => glimpse_benches::median_ms(&mut w.run, 5, 2.0),
         };
         let traffic = if timed.is_ok() {
-            queue_traffic(&suite_name, &mut w.run)
+            queue_traffic(&suite_name, &mut w.run) + &peak_memory(&suite_name, &mut w.run)
         } else {
             String::new()
         };
@@ -80,6 +80,33 @@ fn queue_traffic(suite: &str, run: &mut dyn FnMut() -> glimpse_tensor::Result<()
         ", \"dispatches\": {}, \"submissions\": {}, \"readbacks\": {}",
         s.dispatches, s.submissions, s.readbacks
     )
+}
+
+/// For the CUDA suite: `, "peak_extra_gb": ..`, the most device memory one run held beyond
+/// what was held before it (its inputs), as PyTorch's side reports it (empty for other suites).
+fn peak_memory(suite: &str, run: &mut dyn FnMut() -> glimpse_tensor::Result<()>) -> String {
+    #[cfg(feature = "cuda")]
+    if suite == "cuda" {
+        let mut measure = || -> glimpse_tensor::Result<f64> {
+            let be = glimpse_cuda::backend(0)?;
+            be.synchronize()?;
+            be.reset_memory_high_water()?;
+            let (before, _) = be.memory_in_use()?;
+            run()?;
+            be.synchronize()?;
+            let (_, high) = be.memory_in_use()?;
+            Ok(high.saturating_sub(before) as f64 / 1e9)
+        };
+        return match measure() {
+            Ok(gb) => format!(", \"peak_extra_gb\": {gb:.3}"),
+            Err(e) => {
+                eprintln!("note: no memory figure: {e}");
+                String::new()
+            }
+        };
+    }
+    let _ = (suite, run);
+    String::new()
 }
 
 type Sync = Box<dyn Fn() -> glimpse_tensor::Result<()>>;

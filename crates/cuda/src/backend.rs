@@ -36,7 +36,7 @@
 //! product plus a bias add either way).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
@@ -69,6 +69,12 @@ pub fn grid_for(n: usize) -> LaunchConfig {
     }
 }
 
+/// The launch shape of the element-wise kernels with 16-byte dense fast paths: one thread per
+/// 16 bytes of `n` elements of `elem_bytes` each (their scalar paths loop over the rest).
+pub fn grid_for_vec16(n: usize, elem_bytes: usize) -> LaunchConfig {
+    grid_for(n.div_ceil((16 / elem_bytes.clamp(1, 16)).max(1)))
+}
+
 /// A driver error as a backend error.
 pub(crate) fn drv(what: &str, e: DriverError) -> Error {
     Error::backend("cuda", format!("{what}: {e:?}"))
@@ -92,6 +98,11 @@ pub struct CudaBackend {
     poison: AtomicBool,
     sync_launches: AtomicBool,
     allow_tf32: AtomicBool,
+    /// Streaming multiprocessors on the device.
+    sm_count: usize,
+    /// Query rows per block of the tensor-core attention forward: 64, 128, or 0 to choose by
+    /// shape. Starts as `GLIMPSE_CUDA_ATTN_FWD_ROWS`.
+    attention_forward_rows: AtomicUsize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -126,11 +137,34 @@ impl CudaBackend {
                 .compute_capability()
                 .map_err(|e| drv("reading the compute capability", e))?;
             let name = ctx.name().map_err(|e| drv("reading the device name", e))?;
+            let sm_count = ctx
+                .attribute(
+                    cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                )
+                .map_err(|e| drv("reading the multiprocessor count", e))?;
+            // SAFETY: every buffer of this backend is allocated, used and freed on its one
+            // stream, so there is no cross-stream use for cudarc's per-buffer events to order;
+            // without them an allocation costs no event creation.
+            unsafe { ctx.disable_event_tracking() };
             let stream = ctx.default_stream();
-            Ok((ctx, stream, name, (10 * major + minor) as u32))
+            Ok((ctx, stream, name, (10 * major + minor) as u32, sm_count.max(1) as usize))
         })
         .map_err(|e| Error::backend("cuda", e))??;
-        let (ctx, stream, name, arch) = opened;
+        let (ctx, stream, name, arch, sm_count) = opened;
+        let attention_forward_rows = match std::env::var("GLIMPSE_CUDA_ATTN_FWD_ROWS") {
+            Ok(v) => match v.trim() {
+                "" | "auto" => 0,
+                "64" => 64,
+                "128" => 128,
+                other => {
+                    return Err(Error::invalid(
+                        "cuda",
+                        format!("GLIMPSE_CUDA_ATTN_FWD_ROWS is {other:?}; use 64, 128 or auto"),
+                    ));
+                }
+            },
+            Err(_) => 0,
+        };
         Ok(CudaBackend {
             ordinal,
             name,
@@ -143,6 +177,8 @@ impl CudaBackend {
             poison: AtomicBool::new(env_flag("GLIMPSE_CUDA_POISON")),
             sync_launches: AtomicBool::new(env_flag("GLIMPSE_CUDA_SYNC")),
             allow_tf32: AtomicBool::new(env_flag("GLIMPSE_CUDA_ALLOW_TF32")),
+            sm_count,
+            attention_forward_rows: AtomicUsize::new(attention_forward_rows),
         })
     }
 
@@ -185,9 +221,101 @@ impl CudaBackend {
         self.allow_tf32.load(Ordering::Relaxed)
     }
 
+    /// Streaming multiprocessors on the device.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+
+    /// Fixes the query rows per block of the tensor-core attention forward: `Some(64)` (one
+    /// 16-row tile per warp), `Some(128)` (two per warp: half the shared-memory reads per
+    /// multiply, more registers, fewer blocks) or `None` to choose by shape (the default,
+    /// unless `GLIMPSE_CUDA_ATTN_FWD_ROWS` says otherwise). For benchmarks and for tests that
+    /// must reach both kernels; any other value is an error.
+    pub fn set_attention_forward_rows(&self, rows: Option<usize>) -> Result<()> {
+        let v = match rows {
+            None => 0,
+            Some(r @ (64 | 128)) => r,
+            Some(r) => {
+                return Err(Error::invalid(
+                    "set_attention_forward_rows",
+                    format!("{r} rows per block; the kernels take 64 or 128"),
+                ));
+            }
+        };
+        self.attention_forward_rows.store(v, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The fixed query rows per block of the attention forward, if any.
+    pub fn attention_forward_rows(&self) -> Option<usize> {
+        match self.attention_forward_rows.load(Ordering::Relaxed) {
+            0 => None,
+            r => Some(r),
+        }
+    }
+
     /// Waits until every queued operation has finished, reporting asynchronous errors.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| drv("synchronize", e))
+    }
+
+    /// Device memory held by live buffers of this device, in bytes: `(now, most since the last
+    /// [`reset_memory_high_water`](Self::reset_memory_high_water))`. Read off the device's
+    /// default memory pool, which every buffer of this backend comes from; an error where the
+    /// device has no stream-ordered allocator.
+    pub fn memory_in_use(&self) -> Result<(u64, u64)> {
+        let pool = self.default_pool()?;
+        let read = |attr| -> Result<u64> {
+            let mut value = 0u64;
+            // SAFETY: `pool` is the device's live default pool, and both attributes are
+            // 64-bit integers written into `value`.
+            unsafe {
+                cudarc::driver::sys::cuMemPoolGetAttribute(
+                    pool,
+                    attr,
+                    (&mut value as *mut u64).cast(),
+                )
+            }
+            .result()
+            .map_err(|e| drv("reading the memory pool", e))?;
+            Ok(value)
+        };
+        use cudarc::driver::sys::CUmemPool_attribute::*;
+        Ok((
+            read(CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
+            read(CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+        ))
+    }
+
+    /// Starts the high-water mark of [`memory_in_use`](Self::memory_in_use) again from the
+    /// memory held now.
+    pub fn reset_memory_high_water(&self) -> Result<()> {
+        let pool = self.default_pool()?;
+        let mut zero = 0u64;
+        // SAFETY: `pool` is the device's live default pool; resetting the high-water mark
+        // takes a 64-bit zero.
+        unsafe {
+            cudarc::driver::sys::cuMemPoolSetAttribute(
+                pool,
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+        }
+        .result()
+        .map_err(|e| drv("resetting the memory pool's high-water mark", e))
+    }
+
+    fn default_pool(&self) -> Result<cudarc::driver::sys::CUmemoryPool> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| drv("binding the context", e))?;
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: the context is current and `cu_device` is its device; the call writes one
+        // pool handle.
+        unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device()) }
+            .result()
+            .map_err(|e| drv("finding the default memory pool", e))?;
+        Ok(pool)
     }
 
     /// The stream every operation of this device runs on.

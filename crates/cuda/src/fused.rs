@@ -52,7 +52,8 @@ const NORM_THREADS: u32 = 256;
 
 /// Head dims with tensor-core attention kernels (`attention_{fwd,bwd}_mma_d<D>_*`).
 const ATTN_MMA_DIMS: [usize; 4] = [32, 64, 80, 128];
-/// Query rows per block of the tensor-core forward (`AT_MMA_BQ`); key tile `AT_MMA_BC`.
+/// Query rows per tile of the tensor-core backward (`AT_MMA_BQ`), and the key tile
+/// (`AT_MMA_BC`) of both directions (the two-tile forward at D = 128 takes 32 keys at a time).
 const ATTN_MMA_BQ: usize = 64;
 const ATTN_MMA_BC: usize = 64;
 /// Threads of the tensor-core forward (`AT_MMA_THREADS`).
@@ -66,10 +67,17 @@ const ATTN_SIMT_MAXD: usize = 128;
 /// Tile of the GEMM-shaped kernels (`CT_BM` = `CT_BN` = `PE_BM` = `PE_BN`) and their threads.
 const TILE: usize = 128;
 const TILE_THREADS: u32 = 256;
-/// Dynamic shared memory of every contrastive tile kernel (`CT_SMEM_BYTES`).
-const CT_SMEM_BYTES: u32 = (128 * 132 * 4 + 4 * 128 * 4) as u32;
-/// Dynamic shared memory of both patch-embedding kernels (`PE_SMEM_BYTES`).
-const PE_SMEM_BYTES: u32 = (3 * (128 + 128) * 40 * 2) as u32;
+/// Dynamic shared memory of every contrastive tile kernel (`CT_SMEM_BYTES`): the larger of
+/// the tensor-core pipeline (3 stages of 256 rows of 72 halves) and the CUDA-core forward's
+/// f32 logits tile (128 rows of 132) with its column statistics.
+const CT_SMEM_BYTES: u32 = {
+    let pipeline = 3 * 256 * 72 * 2;
+    let logits = 128 * 132 * 4 + 4 * 128 * 4;
+    (if pipeline > logits { pipeline } else { logits }) as u32
+};
+/// Dynamic shared memory of both patch-embedding kernels (`PE_SMEM_BYTES`): 4 pipeline
+/// stages of 128 + 128 rows of 40 halves.
+const PE_SMEM_BYTES: u32 = (4 * (128 + 128) * 40 * 2) as u32;
 /// Largest strip of contrastive gradient weights the backward holds at once.
 const CT_STRIP_BYTES: usize = 256 << 20;
 
@@ -415,8 +423,37 @@ fn attn_bwd_mma_smem(d: usize) -> u32 {
     (4 * ATTN_MMA_BC * (d + 8) * 2 + ATTN_MMA_BQ * 72 * 2 + 3 * ATTN_MMA_BC * 4) as u32
 }
 
-fn attn_mma_smem(d: usize) -> u32 {
-    ((ATTN_MMA_BQ + 4 * ATTN_MMA_BC) * (d + 8) * 2 + 2 * ATTN_MMA_BC * 4) as u32
+/// Dynamic shared memory of the tensor-core forward with `rows` query rows per block: the Q
+/// tile, two stages of K and V tiles (rows of `D + 8`) and two key-validity vectors.
+fn attn_mma_smem(d: usize, rows: usize) -> u32 {
+    let bc = attn_fwd_key_tile(d, rows);
+    ((rows + 4 * bc) * (d + 8) * 2 + 2 * bc * 4) as u32
+}
+
+/// Keys per tile of the tensor-core forward (see `at_fwd_mma` in attention.cu).
+fn attn_fwd_key_tile(d: usize, rows: usize) -> usize {
+    if rows == 128 && d >= 128 {
+        32
+    } else {
+        ATTN_MMA_BC
+    }
+}
+
+/// Query rows per block of the tensor-core forward: 128 (two 16-row tiles per warp, half the
+/// shared-memory reads per multiply) when there are enough rows to fill the blocks without
+/// more padding than 64-row blocks would need (beyond an eighth of Nq) and enough blocks to
+/// give every multiprocessor one; else 64. The backend's fixed setting wins.
+fn attn_fwd_rows(be: &CudaBackend, bh: usize, nq: usize) -> usize {
+    if let Some(rows) = be.attention_forward_rows() {
+        return rows;
+    }
+    let pad = |rows: usize| nq.div_ceil(rows) * rows - nq;
+    let fills = bh * nq.div_ceil(128) >= be.sm_count();
+    if nq > 64 && fills && pad(128) <= pad(64) + nq / 8 {
+        128
+    } else {
+        64
+    }
 }
 
 /// Scaled dot-product attention. Kernels for f32/f16/bf16 with head dims `D, Dv <= 128`:
@@ -453,12 +490,18 @@ pub(crate) fn attention(
         .transpose()?;
     let scale_log2 = (opts.scale_for(d) * std::f64::consts::LOG2_E) as f32;
     let causal = i32::from(opts.causal);
-    let tiles = nq.div_ceil(if mma { ATTN_MMA_BQ } else { ATTN_SIMT_B });
+    let rows = if mma {
+        attn_fwd_rows(be, bsz * heads, nq)
+    } else {
+        ATTN_SIMT_B
+    };
+    let tiles = nq.div_ceil(rows);
     let blocks = bsz * heads * tiles;
     let (name, cfg) = if mma {
+        let kernel = if rows == 128 { "mma2" } else { "mma" };
         (
-            format!("attention_fwd_mma_d{d}_{}", suffix(dtype)),
-            cfg_1d(blocks, ATTN_MMA_THREADS, attn_mma_smem(d)),
+            format!("attention_fwd_{kernel}_d{d}_{}", suffix(dtype)),
+            cfg_1d(blocks, ATTN_MMA_THREADS, attn_mma_smem(d, rows)),
         )
     } else {
         (
@@ -504,7 +547,7 @@ pub(crate) fn attention(
         b.arg(&scale_log2);
         b.arg(&causal);
         b.arg(&tiles32);
-        // SAFETY: attention_fwd_mma_d<D>_<dt>(q, k, v, key_mask, out, lse, int H, int Nq,
+        // SAFETY: attention_fwd_mma{,2}_d<D>_<dt>(q, k, v, key_mask, out, lse, int H, int Nq,
         // int Nk, 9 x long long strides, float scale_log2, int causal, int q_tiles) and
         // attention_fwd_simt_<dt>(same, with int D, int Dv after Nk): q, k, v are
         // (B, H, N, D) views of dtype <dt> from their offsets whose strides are passed (last

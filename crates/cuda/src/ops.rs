@@ -8,7 +8,7 @@ use glimpse_tensor::{
     BinaryOp, DType, Error, HostSlice, HostVec, Layout, ReduceOp, Result, UnaryOp,
 };
 
-use crate::backend::{CudaBackend, drv, grid_for, unsupported};
+use crate::backend::{CudaBackend, drv, grid_for, grid_for_vec16, unsupported};
 use crate::klayout::{KLayout, MergedExt, contiguous_strides};
 use crate::storage::{CudaData, CudaStorage, with_data};
 use glimpse_tensor::merge::Merged;
@@ -303,7 +303,8 @@ impl CudaBackend {
         // matches the kernel; the views have `n` elements and stay inside their buffers (the
         // tensor crate checked the source view, the destination view is built by the caller
         // inside `out`).
-        let launched = unsafe { b.launch(grid_for(n)) }.map(|_| ());
+        let launched =
+            unsafe { b.launch(grid_for_vec16(n, src.dtype().size_in_bytes())) }.map(|_| ());
         self.check_launch(&name, launched)
     }
 
@@ -411,7 +412,8 @@ impl CudaBackend {
             // SAFETY: unary_<dt>(gl_u32 op, double p0, double p1, GlLayout src, const T* x,
             // T* out, gl_u64 n): u32, f64, f64, KLayout, then input and output buffers of the
             // kernel's dtype; the view has `n` elements inside `x`, `out` holds `n`.
-            let launched = unsafe { b.launch(grid_for(n)) }.map(|_| ());
+            let launched =
+                unsafe { b.launch(grid_for_vec16(n, dtype.size_in_bytes())) }.map(|_| ());
             self.check_launch(&name, launched)?;
         }
         Ok(CudaStorage::new(out, n))
@@ -466,7 +468,7 @@ impl CudaBackend {
         // gl_u64 n): the kernel is picked by the operands' dtype, `out` has the kernel's output
         // type (u32 for comparisons), both views have `n` elements inside their buffers, and
         // the u32 kernel gets its one-element flag buffer.
-        let launched = unsafe { b.launch(grid_for(n)) }.map(|_| ());
+        let launched = unsafe { b.launch(grid_for_vec16(n, dtype.size_in_bytes())) }.map(|_| ());
         self.check_launch(&name, launched)?;
         if op == BinaryOp::Div
             && let Some(flag) = &flag

@@ -112,3 +112,66 @@ fn tensors_of_another_backend_are_rejected() {
     assert!(glimpse_cuda::storage_of(&x).unwrap().as_f32().is_ok());
     assert!(glimpse_cuda::storage_of(&x).unwrap().as_u32().is_err());
 }
+
+/// The element-wise kernels' 16-byte dense paths (unit-stride views with 16-byte aligned
+/// starts) and the broadcast-row copy (a bias repeated over rows) against the CPU, exactly:
+/// both compute in f32 and round once. Lengths with and without a tail past the last full
+/// 16 bytes, starts that are and are not aligned, rows that are and are not whole vectors.
+#[test]
+fn dense_element_wise_paths_match_the_cpu_exactly() {
+    let Some(g) = gpu("dense_element_wise_paths_match_the_cpu_exactly") else {
+        return;
+    };
+    let c = cpu();
+    for dtype in FLOATS {
+        for (len, off) in [(8192, 0), (8195, 0), (8195, 8), (8192, 1), (5, 0), (21, 3)] {
+            let base = |seed| {
+                Tensor::rand_uniform(-3.0, 3.0, [len + 16], dtype, seed, &c)
+                    .unwrap()
+                    .narrow(0, off, len)
+                    .unwrap()
+            };
+            let (x, y) = (base(1), base(2));
+            let (gx, gy) = (x.to_device(&g).unwrap(), y.to_device(&g).unwrap());
+            let what = format!("{dtype} len {len} offset {off}");
+            assert_eq!(
+                values(&gx.add(&gy).unwrap()),
+                values(&x.add(&y).unwrap()),
+                "add, {what}"
+            );
+            assert_eq!(
+                values(&gx.mul(&gy).unwrap()),
+                values(&x.mul(&y).unwrap()),
+                "mul, {what}"
+            );
+            assert_eq!(
+                values(&gx.maximum(&gy).unwrap()),
+                values(&x.maximum(&y).unwrap()),
+                "maximum, {what}"
+            );
+            assert_eq!(
+                values(&gx.relu().unwrap()),
+                values(&x.relu().unwrap()),
+                "relu, {what}"
+            );
+            assert_eq!(
+                values(&gx.sqr().unwrap()),
+                values(&x.sqr().unwrap()),
+                "sqr, {what}"
+            );
+        }
+        for (cols, off) in [(16, 0), (16, 8), (16, 1), (12, 0), (768, 0)] {
+            let bias = Tensor::rand_uniform(-1.0, 1.0, [cols + 8], dtype, 3, &c)
+                .unwrap()
+                .narrow(0, off, cols)
+                .unwrap();
+            let rows = |t: &Tensor| t.broadcast_as([33, cols]).unwrap().contiguous().unwrap();
+            let on_gpu = rows(&bias.to_device(&g).unwrap());
+            assert_eq!(
+                values(&on_gpu),
+                values(&rows(&bias)),
+                "{dtype} bias rows of {cols} from offset {off}"
+            );
+        }
+    }
+}
