@@ -259,7 +259,7 @@ __device__ __forceinline__ void at_fwd_mma(
         const unsigned short* Vt = Vs + st * BC * LD;
         const float* kv_ok = kval + st * BC;
 
-        // S = Q K^T for this warp's 16 * MT rows and the tile's 64 keys.
+        // S = Q K^T for this warp's 16 * MT rows and the tile's BC keys.
         float s[MT][NS][4];
 #pragma unroll
         for (int m = 0; m < MT; ++m)

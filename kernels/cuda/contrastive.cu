@@ -17,21 +17,26 @@
 // diag, lse_rows, lse_cols are (N) f32; loss is one f32; strip is (R, N) in the input dtype.
 //
 // Tiles: every tile kernel computes one 128 x 128 block of sims = img txt^T with 256 threads:
-//   *_mma_{f16,bf16}: tensor cores (mma.sync.m16n8k16, f32 accumulators), 8 warps as 2 x 4,
-//       warp tile 64 x 32, K in steps of 64 through a 3-stage cp.async pipeline (16-byte
-//       copies: D % 8 == 0 and 16-byte aligned rows, checked by the host), ldmatrix fragments,
-//       rows padded to 72 halves (conflict-free ldmatrix).
+//   *_mma_{f16,bf16}, *_mma32_{f16,bf16}: tensor cores (mma.sync.m16n8k16, f32
+//       accumulators), 8 warps as 2 x 4, warp tile 64 x 32, K in steps of 64 (mma) or 32
+//       (mma32) through a 3-stage cp.async pipeline (16-byte copies: D % 8 == 0 and 16-byte
+//       aligned rows, checked by the host), ldmatrix fragments, rows padded by 8 halves
+//       (conflict-free ldmatrix).
 //   *_simt_{f32,f16,bf16}: CUDA cores, any D and alignment, 8 x 8 outputs per thread, K in
 //       steps of 16 through shared memory (f32).
-//   Dynamic shared memory: CT_SMEM_BYTES (110592; opt-in above 48 KB) for every tile kernel.
+//   Dynamic shared memory (opt-in above 48 KB): CT_PIPE_BYTES(64) (110592) for the mma
+//       kernels, CT_TILE_BYTES (69632) for mma32 and simt. The host takes mma where a block
+//       may have that much (Hopper, A100) and mma32 elsewhere (99 KB on Ada).
 // Kernels and launch shapes (1-D grids):
-//   contrastive_fwd_{mma,simt}_<dt>: grid n_t * n_t (n_t = ceil(N / 128)), block (ti, tj) =
-//       (bid / n_t, bid % n_t). The logits tile goes to shared memory; each warp reduces 16 rows
-//       (row_part[tj][i]), thread pairs reduce columns (col_part[ti][j]); diagonal tiles also
-//       write diag.
+//   contrastive_fwd_{mma,mma32,simt}_<dt>: grid n_t * n_t (n_t = ceil(N / 128)), block
+//       (ti, tj) = (bid / n_t, bid % n_t). Tensor cores: the statistics come straight from the
+//       accumulators (warp shuffles, then 4 row and 2 column partials per block merged
+//       through shared memory, see ct_fwd_stats_mma). CUDA cores: the logits tile goes to
+//       shared memory; each warp reduces 16 rows, thread pairs reduce columns. Either way the
+//       block writes row_part[tj][i] and col_part[ti][j]; diagonal tiles also write diag.
 //   contrastive_fwd_merge: grid ceil(N / 256) x 256: merges the partials into lse_rows/cols.
 //   contrastive_fwd_loss: one block of 1024 threads: the loss, summed in f64.
-//   contrastive_bwd_{mma,simt}_<dt>: grid ceil(rows / 128) * n_t for the strip of rows
+//   contrastive_bwd_{mma,mma32,simt}_<dt>: grid ceil(rows / 128) * n_t for the strip of rows
 //       [r0, r0 + rows) (r0 a multiple of 128): recomputes sims, writes w to the strip
 //       ((rows, N), staged through shared memory for 16-byte stores) and a per-block partial
 //       of d_scale (dscale_part[(r0 / 128 + bid / n_t) * n_t + bid % n_t]).
@@ -46,18 +51,16 @@
 
 #define CT_BM 128
 #define CT_BN 128
-#define CT_BK 64
-#define CT_LDK (CT_BK + 8)
 #define CT_STAGES 3
 #define CT_THREADS 256
 #define CT_SBK 16
 #define CT_SLD (CT_BM + 4)
 #define CT_LDS (CT_BN + 4)  // f32 logits tile row stride
-// The larger of the tensor-core pipeline (3 stages of 128 + 128 rows of CT_LDK halves) and
-// the f32 logits tile with its column statistics (the CUDA-core forward).
-#define CT_PIPE_BYTES (CT_STAGES * (CT_BM + CT_BN) * CT_LDK * 2)
+// Shared memory: the tensor-core pipeline for K steps of BK (3 stages of 128 + 128 rows of
+// BK + 8 halves), and the f32 logits tile with its column statistics (the CUDA-core forward).
+// A kernel is launched with the larger of what it uses (see the header).
+#define CT_PIPE_BYTES(BK) (CT_STAGES * (CT_BM + CT_BN) * ((BK) + 8) * 2)
 #define CT_TILE_BYTES (CT_BM * CT_LDS * 4 + 4 * CT_BN * 4)
-#define CT_SMEM_BYTES (CT_PIPE_BYTES > CT_TILE_BYTES ? CT_PIPE_BYTES : CT_TILE_BYTES)
 
 __device__ __forceinline__ float ct_neg_inf() { return __int_as_float(0xff800000); }
 
@@ -156,26 +159,27 @@ __device__ __forceinline__ void ct_merge(float& m, float& l, float m2, float l2)
 // (rows, K) row-major with leading dimensions lda / ldb; rows past the ends read as zeros).
 // acc[mt][nt][e] holds row wm*64 + mt*16 + g + (e/2)*8, column wn*32 + nt*8 + tig*2 + e%2.
 // Ends with every cp.async retired and a block barrier, so the caller may reuse `smem`.
-template <class T>
+template <class T, int BK>
 __device__ __forceinline__ void ct_tile_mma(float (&acc)[4][4][4], const unsigned short* A,
                                             long long lda, int rows_a, const unsigned short* B,
                                             long long ldb, int rows_b, int K,
                                             unsigned short* smem) {
+    constexpr int LDK = BK + 8;  // row stride in halves: conflict-free ldmatrix
     unsigned short* As = smem;                             // [STAGES][BM][LDK]
-    unsigned short* Bs = smem + CT_STAGES * CT_BM * CT_LDK;  // [STAGES][BN][LDK]
+    unsigned short* Bs = smem + CT_STAGES * CT_BM * LDK;  // [STAGES][BN][LDK]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 2, wn = warp & 3;
 #pragma unroll
     for (int a = 0; a < 4; ++a)
 #pragma unroll
         for (int b = 0; b < 4; ++b) acc[a][b][0] = acc[a][b][1] = acc[a][b][2] = acc[a][b][3] = 0.0f;
-    const int nk = (K + CT_BK - 1) / CT_BK;
+    const int nk = (K + BK - 1) / BK;
 
-    // 128 rows x CT_BK / 8 chunks of 8 elements per operand: 4 chunks per thread each.
-    constexpr int CPR = CT_BK / 8;  // chunks per row
+    // 128 rows x BK / 8 chunks of 8 elements per operand: BK / 16 chunks per thread each.
+    constexpr int CPR = BK / 8;  // chunks per row
     auto load = [&](int stage, int k0) {
-        unsigned short* ad = As + stage * CT_BM * CT_LDK;
-        unsigned short* bd = Bs + stage * CT_BN * CT_LDK;
+        unsigned short* ad = As + stage * CT_BM * LDK;
+        unsigned short* bd = Bs + stage * CT_BN * LDK;
 #pragma unroll
         for (int u = 0; u < CT_BM * CPR / CT_THREADS; ++u) {
             int c = tid + u * CT_THREADS;
@@ -183,14 +187,14 @@ __device__ __forceinline__ void ct_tile_mma(float (&acc)[4][4][4], const unsigne
             int k = k0 + cc * 8;
             bool oka = r < rows_a && k < K;
             bool okb = r < rows_b && k < K;
-            ct_cp16(ct_smem_addr(ad + r * CT_LDK + cc * 8), A + (oka ? r * lda + k : 0), oka);
-            ct_cp16(ct_smem_addr(bd + r * CT_LDK + cc * 8), B + (okb ? r * ldb + k : 0), okb);
+            ct_cp16(ct_smem_addr(ad + r * LDK + cc * 8), A + (oka ? r * lda + k : 0), oka);
+            ct_cp16(ct_smem_addr(bd + r * LDK + cc * 8), B + (okb ? r * ldb + k : 0), okb);
         }
     };
 
 #pragma unroll
     for (int s = 0; s < CT_STAGES - 1; ++s) {
-        if (s < nk) load(s, s * CT_BK);
+        if (s < nk) load(s, s * BK);
         ct_cp_commit();
     }
     for (int kt = 0; kt < nk; ++kt) {
@@ -198,26 +202,26 @@ __device__ __forceinline__ void ct_tile_mma(float (&acc)[4][4][4], const unsigne
         __syncthreads();
         {
             int pf = kt + CT_STAGES - 1;  // its stage was last read in iteration kt - 1
-            if (pf < nk) load(pf % CT_STAGES, pf * CT_BK);
+            if (pf < nk) load(pf % CT_STAGES, pf * BK);
             ct_cp_commit();
         }
-        const unsigned short* At = As + (kt % CT_STAGES) * CT_BM * CT_LDK;
-        const unsigned short* Bt = Bs + (kt % CT_STAGES) * CT_BN * CT_LDK;
+        const unsigned short* At = As + (kt % CT_STAGES) * CT_BM * LDK;
+        const unsigned short* Bt = Bs + (kt % CT_STAGES) * CT_BN * LDK;
 #pragma unroll
-        for (int ks = 0; ks < CT_BK / 16; ++ks) {
+        for (int ks = 0; ks < BK / 16; ++ks) {
             unsigned af[4][4], bfr[4][2];
 #pragma unroll
             for (int mt = 0; mt < 4; ++mt) {
                 int row = wm * 64 + mt * 16 + (lane & 15);
                 int col = ks * 16 + (lane >> 4) * 8;
-                ct_ldsm_x4(af[mt], ct_smem_addr(At + row * CT_LDK + col));
+                ct_ldsm_x4(af[mt], ct_smem_addr(At + row * LDK + col));
             }
 #pragma unroll
             for (int np = 0; np < 2; ++np) {
                 unsigned x[4];
                 int row = wn * 32 + np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
                 int col = ks * 16 + ((lane >> 3) & 1) * 8;
-                ct_ldsm_x4(x, ct_smem_addr(Bt + row * CT_LDK + col));
+                ct_ldsm_x4(x, ct_smem_addr(Bt + row * LDK + col));
                 bfr[2 * np][0] = x[0];
                 bfr[2 * np][1] = x[1];
                 bfr[2 * np + 1][0] = x[2];
@@ -273,17 +277,17 @@ __device__ __forceinline__ void ct_tile_simt(float (&acc)[8][8], const typename 
 }
 
 // Runs the engine for the tile and hands every element to emit(row, col, sims).
-template <class T, bool MMA>
+template <class T, bool MMA, int BK>
 struct CtTile;
 
-template <class T>
-struct CtTile<T, true> {
+template <class T, int BK>
+struct CtTile<T, true, BK> {
     template <class F>
     static __device__ __forceinline__ void run(const unsigned short* A, long long lda, int rows_a,
                                                const unsigned short* B, long long ldb,
                                                int rows_b, int K, unsigned char* smem, F emit) {
         float acc[4][4][4];
-        ct_tile_mma<T>(acc, A, lda, rows_a, B, ldb, rows_b, K, (unsigned short*)smem);
+        ct_tile_mma<T, BK>(acc, A, lda, rows_a, B, ldb, rows_b, K, (unsigned short*)smem);
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, tig = lane & 3;
 #pragma unroll
@@ -297,8 +301,8 @@ struct CtTile<T, true> {
     }
 };
 
-template <class T>
-struct CtTile<T, false> {
+template <class T, int BK>
+struct CtTile<T, false, BK> {
     template <class F>
     static __device__ __forceinline__ void run(const typename T::raw* A, long long lda,
                                                int rows_a, const typename T::raw* B,
@@ -324,7 +328,7 @@ struct CtTile<T, false> {
 // thread's 8 rows, then the 8 lanes of a column, one partial per row warp (2 per column). The
 // partials meet in shared memory and are merged into row_part / col_part (already offset to
 // this block's tile row / column). Diagonal tiles also write diag.
-template <class T>
+template <class T, int BK>
 __device__ __forceinline__ void ct_fwd_stats_mma(const unsigned short* A, long long lda,
                                                  const unsigned short* B, long long ldb, int N,
                                                  int D, int i0, int j0, bool diagonal,
@@ -333,7 +337,7 @@ __device__ __forceinline__ void ct_fwd_stats_mma(const unsigned short* A, long l
                                                  float2* __restrict__ col_part,
                                                  float* __restrict__ diag) {
     float acc[4][4][4];
-    ct_tile_mma<T>(acc, A, lda, N - i0, B, ldb, N - j0, D, (unsigned short*)smem);
+    ct_tile_mma<T, BK>(acc, A, lda, N - i0, B, ldb, N - j0, D, (unsigned short*)smem);
     // ct_tile_mma ends with a barrier: its pipeline buffers are free again.
     float2* rstat = (float2*)smem;       // [4][BM]: per column warp
     float2* cstat = rstat + 4 * CT_BM;   // [2][BN]: per row warp
@@ -432,7 +436,7 @@ __device__ __forceinline__ void ct_fwd_stats_mma(const unsigned short* A, long l
     }
 }
 
-template <class T, bool MMA>
+template <class T, bool MMA, int BK>
 __device__ __forceinline__ void ct_fwd(const typename T::raw* __restrict__ img,
                                        const typename T::raw* __restrict__ txt, int N, int D,
                                        long long lda, long long ldb,
@@ -448,58 +452,57 @@ __device__ __forceinline__ void ct_fwd(const typename T::raw* __restrict__ img,
     float* cstat = Ss + CT_BM * CT_LDS;      // [2][BN] max, [2][BN] sum
 
     if constexpr (MMA) {
-        ct_fwd_stats_mma<T>(img + (long long)i0 * lda, lda, txt + (long long)j0 * ldb, ldb, N, D,
-                            i0, j0, ti == tj, scale, ct_smem, row_part + (long long)tj * N,
-                            col_part + (long long)ti * N, diag);
-        return;
-    }
+        ct_fwd_stats_mma<T, BK>(img + (long long)i0 * lda, lda, txt + (long long)j0 * ldb, ldb, N,
+                                D, i0, j0, ti == tj, scale, ct_smem, row_part + (long long)tj * N,
+                                col_part + (long long)ti * N, diag);
+    } else {
+        CtTile<T, MMA, BK>::run(img + (long long)i0 * lda, lda, N - i0,
+                                txt + (long long)j0 * ldb, ldb, N - j0, D, ct_smem,
+                                [&](int r, int c, float v) { Ss[r * CT_LDS + c] = v * scale; });
+        __syncthreads();
 
-    CtTile<T, MMA>::run(img + (long long)i0 * lda, lda, N - i0, txt + (long long)j0 * ldb, ldb,
-                        N - j0, D, ct_smem,
-                        [&](int r, int c, float v) { Ss[r * CT_LDS + c] = v * scale; });
-    __syncthreads();
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    // Row statistics: warp w takes rows 16 w .. 16 w + 15.
-    for (int rr = 0; rr < 16; ++rr) {
-        const int r = warp * 16 + rr;
-        float v[4];
-        float mx = ct_neg_inf();
+        const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+        // Row statistics: warp w takes rows 16 w .. 16 w + 15.
+        for (int rr = 0; rr < 16; ++rr) {
+            const int r = warp * 16 + rr;
+            float v[4];
+            float mx = ct_neg_inf();
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            int c = lane + 32 * u;
-            v[u] = j0 + c < N ? Ss[r * CT_LDS + c] : ct_neg_inf();
-            mx = fmaxf(mx, v[u]);
+            for (int u = 0; u < 4; ++u) {
+                int c = lane + 32 * u;
+                v[u] = j0 + c < N ? Ss[r * CT_LDS + c] : ct_neg_inf();
+                mx = fmaxf(mx, v[u]);
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float s = 0.0f;
+#pragma unroll
+            for (int u = 0; u < 4; ++u) s += v[u] == ct_neg_inf() ? 0.0f : __expf(v[u] - mx);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0 && i0 + r < N) row_part[(long long)tj * N + i0 + r] = make_float2(mx, s);
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        float s = 0.0f;
-#pragma unroll
-        for (int u = 0; u < 4; ++u) s += v[u] == ct_neg_inf() ? 0.0f : __expf(v[u] - mx);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0 && i0 + r < N) row_part[(long long)tj * N + i0 + r] = make_float2(mx, s);
+        // Column statistics: thread pairs (c, half) over 64 rows each.
+        {
+            const int c = tid & (CT_BN - 1), half = tid >> 7;
+            const int r_lo = half * 64;
+            const int r_hi = min(r_lo + 64, N - i0);
+            float mx = ct_neg_inf();
+            for (int r = r_lo; r < r_hi; ++r) mx = fmaxf(mx, Ss[r * CT_LDS + c]);
+            float s = 0.0f;
+            if (mx != ct_neg_inf())
+                for (int r = r_lo; r < r_hi; ++r) s += __expf(Ss[r * CT_LDS + c] - mx);
+            cstat[half * CT_BN + c] = mx;
+            cstat[2 * CT_BN + half * CT_BN + c] = s;
+        }
+        __syncthreads();
+        if (tid < CT_BN && j0 + tid < N) {
+            float m = cstat[tid], l = cstat[2 * CT_BN + tid];
+            ct_merge(m, l, cstat[CT_BN + tid], cstat[3 * CT_BN + tid]);
+            col_part[(long long)ti * N + j0 + tid] = make_float2(m, l);
+        }
+        if (ti == tj && tid < CT_BM && i0 + tid < N) diag[i0 + tid] = Ss[tid * CT_LDS + tid];
     }
-    // Column statistics: thread pairs (c, half) over 64 rows each.
-    {
-        const int c = tid & (CT_BN - 1), half = tid >> 7;
-        const int r_lo = half * 64;
-        const int r_hi = min(r_lo + 64, N - i0);
-        float mx = ct_neg_inf();
-        for (int r = r_lo; r < r_hi; ++r) mx = fmaxf(mx, Ss[r * CT_LDS + c]);
-        float s = 0.0f;
-        if (mx != ct_neg_inf())
-            for (int r = r_lo; r < r_hi; ++r) s += __expf(Ss[r * CT_LDS + c] - mx);
-        cstat[half * CT_BN + c] = mx;
-        cstat[2 * CT_BN + half * CT_BN + c] = s;
-    }
-    __syncthreads();
-    if (tid < CT_BN && j0 + tid < N) {
-        float m = cstat[tid], l = cstat[2 * CT_BN + tid];
-        ct_merge(m, l, cstat[CT_BN + tid], cstat[3 * CT_BN + tid]);
-        col_part[(long long)ti * N + j0 + tid] = make_float2(m, l);
-    }
-    if (ti == tj && tid < CT_BM && i0 + tid < N) diag[i0 + tid] = Ss[tid * CT_LDS + tid];
 }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -547,7 +550,7 @@ extern "C" __global__ void __launch_bounds__(1024)
 
 // ------------------------------------------------------------------------------ backward
 
-template <class T, bool MMA>
+template <class T, bool MMA, int BK>
 __device__ __forceinline__ void ct_bwd(const typename T::raw* __restrict__ img,
                                        const typename T::raw* __restrict__ txt, int N, int D,
                                        long long lda, long long ldb,
@@ -569,8 +572,8 @@ __device__ __forceinline__ void ct_bwd(const typename T::raw* __restrict__ img,
     raw* Ts = (raw*)ct_smem;                             // [BM][LDT], after the engine
 
     float dsc = 0.0f;
-    CtTile<T, MMA>::run(img + (long long)i0 * lda, lda, i_end - i0, txt + (long long)j0 * ldb,
-                        ldb, N - j0, D, ct_smem, [&](int r, int c, float sims) {
+    CtTile<T, MMA, BK>::run(img + (long long)i0 * lda, lda, i_end - i0, txt + (long long)j0 * ldb,
+                            ldb, N - j0, D, ct_smem, [&](int r, int c, float sims) {
                             const int i = i0 + r, j = j0 + c;
                             float w = 0.0f;
                             if (i < i_end && j < N) {
@@ -662,25 +665,29 @@ __device__ __forceinline__ void ct_cast_scaled(const float* __restrict__ acc,
 
 // ------------------------------------------------------------------------------ entry points
 
-#define CT_TILE_KERNELS(KIND, SUF, T, MMA)                                                      \
+// contrastive_{fwd,bwd}_mma_<dt>: K steps of 64; contrastive_{fwd,bwd}_mma32_<dt>: K steps of
+// 32, for devices whose blocks cannot have CT_PIPE_BYTES(64) of shared memory.
+#define CT_TILE_KERNELS(KIND, SUF, T, MMA, BK)                                                  \
     extern "C" __global__ void __launch_bounds__(CT_THREADS) contrastive_fwd_##KIND##_##SUF(    \
         const T::raw* img, const T::raw* txt, int N, int D, long long lda, long long ldb,       \
         const float* scale, float2* row_part, float2* col_part, float* diag) {                 \
-        ct_fwd<T, MMA>(img, txt, N, D, lda, ldb, scale, row_part, col_part, diag);              \
+        ct_fwd<T, MMA, BK>(img, txt, N, D, lda, ldb, scale, row_part, col_part, diag);          \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(CT_THREADS) contrastive_bwd_##KIND##_##SUF(    \
         const T::raw* img, const T::raw* txt, int N, int D, long long lda, long long ldb,       \
         const float* scale, const float* d_loss, const float* lse_rows, const float* lse_cols, \
         int r0, int rows, T::raw* strip, float* dscale_part) {                                 \
-        ct_bwd<T, MMA>(img, txt, N, D, lda, ldb, scale, d_loss, lse_rows, lse_cols, r0, rows,   \
-                       strip, dscale_part);                                                     \
+        ct_bwd<T, MMA, BK>(img, txt, N, D, lda, ldb, scale, d_loss, lse_rows, lse_cols, r0,     \
+                           rows, strip, dscale_part);                                           \
     }
 
-CT_TILE_KERNELS(mma, f16, CtF16, true)
-CT_TILE_KERNELS(mma, bf16, CtBF16, true)
-CT_TILE_KERNELS(simt, f32, CtF32, false)
-CT_TILE_KERNELS(simt, f16, CtF16, false)
-CT_TILE_KERNELS(simt, bf16, CtBF16, false)
+CT_TILE_KERNELS(mma, f16, CtF16, true, 64)
+CT_TILE_KERNELS(mma, bf16, CtBF16, true, 64)
+CT_TILE_KERNELS(mma32, f16, CtF16, true, 32)
+CT_TILE_KERNELS(mma32, bf16, CtBF16, true, 32)
+CT_TILE_KERNELS(simt, f32, CtF32, false, 32)
+CT_TILE_KERNELS(simt, f16, CtF16, false, 32)
+CT_TILE_KERNELS(simt, bf16, CtBF16, false, 32)
 
 #define CT_ELEMENTWISE(SUF, T)                                                                 \
     extern "C" __global__ void contrastive_scale_##SUF(const T::raw* part, const float* scale, \

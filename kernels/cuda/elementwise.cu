@@ -13,8 +13,8 @@
 // thread and iteration). Dense fast paths: where every view is one unit-stride run (and, for
 // copies, where the source repeats one row of a dense destination, as a broadcast bias) and
 // every start is 16-byte aligned, each thread moves 16 bytes (8 halves or 4 floats) per
-// iteration; the host launches about one thread per 4 elements, which the scalar path covers
-// by looping.
+// iteration; the host launches one thread per 16 bytes of output for the kernels that have
+// such a path, and their strided path covers the rest by looping.
 //
 // Algorithm: out[i] = f(in[gl_index(layout, i)]). Half types are loaded to f32, computed in
 // f32 and rounded once when stored. Data movers (fill, copy, where) work on the raw 16- or

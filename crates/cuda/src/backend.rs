@@ -80,6 +80,23 @@ pub(crate) fn drv(what: &str, e: DriverError) -> Error {
     Error::backend("cuda", format!("{what}: {e:?}"))
 }
 
+/// `GLIMPSE_CUDA_ATTN_FWD_ROWS` as a fixed tiling (64 or 128) or 0 (unset, empty or `auto`:
+/// chosen by shape). Any other value is reported on stderr and treated as `auto`: a tuning
+/// variable should not keep the device from opening.
+fn attention_forward_rows_from_env() -> usize {
+    const VAR: &str = "GLIMPSE_CUDA_ATTN_FWD_ROWS";
+    match std::env::var(VAR) {
+        Err(std::env::VarError::NotPresent) => 0,
+        Ok(v) if matches!(v.trim(), "" | "auto") => 0,
+        Ok(v) if v.trim() == "64" => 64,
+        Ok(v) if v.trim() == "128" => 128,
+        other => {
+            eprintln!("glimpse-cuda: ignoring {VAR}={other:?}; it takes 64, 128 or auto");
+            0
+        }
+    }
+}
+
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
@@ -100,8 +117,10 @@ pub struct CudaBackend {
     allow_tf32: AtomicBool,
     /// Streaming multiprocessors on the device.
     sm_count: usize,
+    /// The most dynamic shared memory one block may opt in to, in bytes.
+    smem_optin: usize,
     /// Query rows per block of the tensor-core attention forward: 64, 128, or 0 to choose by
-    /// shape. Starts as `GLIMPSE_CUDA_ATTN_FWD_ROWS`.
+    /// shape. Starts as `GLIMPSE_CUDA_ATTN_FWD_ROWS` (64, 128 or auto).
     attention_forward_rows: AtomicUsize,
 }
 
@@ -137,34 +156,24 @@ impl CudaBackend {
                 .compute_capability()
                 .map_err(|e| drv("reading the compute capability", e))?;
             let name = ctx.name().map_err(|e| drv("reading the device name", e))?;
+            use cudarc::driver::sys::CUdevice_attribute as Attr;
             let sm_count = ctx
-                .attribute(
-                    cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-                )
+                .attribute(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                 .map_err(|e| drv("reading the multiprocessor count", e))?;
+            let smem_optin = ctx
+                .attribute(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+                .map_err(|e| drv("reading the shared-memory limit", e))?;
             // SAFETY: every buffer of this backend is allocated, used and freed on its one
             // stream, so there is no cross-stream use for cudarc's per-buffer events to order;
             // without them an allocation costs no event creation.
             unsafe { ctx.disable_event_tracking() };
             let stream = ctx.default_stream();
-            Ok((ctx, stream, name, (10 * major + minor) as u32, sm_count.max(1) as usize))
+            let limits = (sm_count.max(1) as usize, smem_optin.max(0) as usize);
+            Ok((ctx, stream, name, (10 * major + minor) as u32, limits))
         })
         .map_err(|e| Error::backend("cuda", e))??;
-        let (ctx, stream, name, arch, sm_count) = opened;
-        let attention_forward_rows = match std::env::var("GLIMPSE_CUDA_ATTN_FWD_ROWS") {
-            Ok(v) => match v.trim() {
-                "" | "auto" => 0,
-                "64" => 64,
-                "128" => 128,
-                other => {
-                    return Err(Error::invalid(
-                        "cuda",
-                        format!("GLIMPSE_CUDA_ATTN_FWD_ROWS is {other:?}; use 64, 128 or auto"),
-                    ));
-                }
-            },
-            Err(_) => 0,
-        };
+        let (ctx, stream, name, arch, (sm_count, smem_optin)) = opened;
+        let attention_forward_rows = attention_forward_rows_from_env();
         Ok(CudaBackend {
             ordinal,
             name,
@@ -178,6 +187,7 @@ impl CudaBackend {
             sync_launches: AtomicBool::new(env_flag("GLIMPSE_CUDA_SYNC")),
             allow_tf32: AtomicBool::new(env_flag("GLIMPSE_CUDA_ALLOW_TF32")),
             sm_count,
+            smem_optin,
             attention_forward_rows: AtomicUsize::new(attention_forward_rows),
         })
     }
@@ -224,6 +234,12 @@ impl CudaBackend {
     /// Streaming multiprocessors on the device.
     pub fn sm_count(&self) -> usize {
         self.sm_count
+    }
+
+    /// The most dynamic shared memory one block may opt in to, in bytes (227 KB on Hopper,
+    /// 163 KB on an A100, 99 KB on Ada and consumer Ampere).
+    pub fn max_shared_memory_per_block(&self) -> usize {
+        self.smem_optin
     }
 
     /// Fixes the query rows per block of the tensor-core attention forward: `Some(64)` (one

@@ -67,14 +67,26 @@ const ATTN_SIMT_MAXD: usize = 128;
 /// Tile of the GEMM-shaped kernels (`CT_BM` = `CT_BN` = `PE_BM` = `PE_BN`) and their threads.
 const TILE: usize = 128;
 const TILE_THREADS: u32 = 256;
-/// Dynamic shared memory of every contrastive tile kernel (`CT_SMEM_BYTES`): the larger of
-/// the tensor-core pipeline (3 stages of 256 rows of 72 halves) and the CUDA-core forward's
-/// f32 logits tile (128 rows of 132) with its column statistics.
-const CT_SMEM_BYTES: u32 = {
-    let pipeline = 3 * 256 * 72 * 2;
-    let logits = 128 * 132 * 4 + 4 * 128 * 4;
-    (if pipeline > logits { pipeline } else { logits }) as u32
-};
+/// Dynamic shared memory of the contrastive tile kernels: the tensor-core kernels with K steps
+/// of 64 (`contrastive_*_mma_*`: 3 pipeline stages of 256 rows of 72 halves,
+/// `CT_PIPE_BYTES(64)`), and the rest (`contrastive_*_mma32_*`, whose pipeline of rows of 40
+/// halves is smaller, and the CUDA-core kernels: the f32 logits tile of 128 rows of 132 with
+/// its column statistics, `CT_TILE_BYTES`).
+const CT_MMA64_SMEM_BYTES: u32 = (3 * 256 * 72 * 2) as u32;
+const CT_TILE_SMEM_BYTES: u32 = (128 * 132 * 4 + 4 * 128 * 4) as u32;
+
+/// The contrastive tile kernels' variant (`mma`, `mma32` or `simt`) and dynamic shared memory:
+/// K steps of 64 where a block may have `CT_MMA64_SMEM_BYTES` (Hopper, A100), else of 32
+/// (the 99 KB of Ada and consumer Ampere).
+fn contrastive_tiles(be: &CudaBackend, mma: bool) -> (&'static str, u32) {
+    if !mma {
+        ("simt", CT_TILE_SMEM_BYTES)
+    } else if be.max_shared_memory_per_block() >= CT_MMA64_SMEM_BYTES as usize {
+        ("mma", CT_MMA64_SMEM_BYTES)
+    } else {
+        ("mma32", CT_TILE_SMEM_BYTES)
+    }
+}
 /// Dynamic shared memory of both patch-embedding kernels (`PE_SMEM_BYTES`): 4 pipeline
 /// stages of 128 + 128 rows of 40 halves.
 const PE_SMEM_BYTES: u32 = (4 * (128 + 128) * 40 * 2) as u32;
@@ -890,9 +902,10 @@ pub(crate) fn contrastive_loss(
     let mut diag = CudaData::F32(be.alloc::<f32>(n)?);
     let (n32, d32, nt32) = (n as i32, d as i32, n_t as i32);
     {
-        let name = format!("contrastive_fwd_{}_{sfx}", if mma { "mma" } else { "simt" });
+        let (kind, smem) = contrastive_tiles(be, mma);
+        let name = format!("contrastive_fwd_{kind}_{sfx}");
         let f = be.function("contrastive.cu", &name)?;
-        allow_smem(&f, CT_SMEM_BYTES)?;
+        allow_smem(&f, smem)?;
         let (iv, tv, sv) = (view(&img)?, view(&txt)?, view(&scale32)?);
         let (lda, ldb) = (
             img.layout().strides()[0] as i64,
@@ -909,14 +922,14 @@ pub(crate) fn contrastive_loss(
         arg_out(&mut b, &mut row_part);
         arg_out(&mut b, &mut col_part);
         arg_out(&mut b, &mut diag);
-        let cfg = cfg_1d(n_t * n_t, TILE_THREADS, CT_SMEM_BYTES);
+        let cfg = cfg_1d(n_t * n_t, TILE_THREADS, smem);
         // SAFETY: contrastive_fwd_{mma,simt}_<dt>(const T* img, const T* txt, int N, int D,
         // long long lda, long long ldb, const float* scale, float2* row_part,
         // float2* col_part, float* diag): img and txt are (N, D) views of <dt> with unit
         // column stride and row strides lda / ldb (16-byte aligned rows and D % 8 == 0 for
         // mma); scale is a one-element f32 buffer; row_part and col_part are fresh
         // 2 * n_t * N f32 buffers (n_t * N float2, 8-byte aligned allocations), diag a fresh N
-        // buffer; n_t^2 blocks of 256 threads with CT_SMEM_BYTES of dynamic shared memory.
+        // buffer; n_t^2 blocks of 256 threads with the variant's dynamic shared memory.
         let launched = unsafe { b.launch(cfg) }.map(|_| ());
         be.check_launch(&name, launched)?;
     }
@@ -999,9 +1012,10 @@ pub(crate) fn contrastive_loss_backward(
         .min(n.div_ceil(TILE) * TILE);
     let single = strip_rows >= n;
 
-    let tile_name = format!("contrastive_bwd_{}_{sfx}", if mma { "mma" } else { "simt" });
+    let (kind, smem) = contrastive_tiles(be, mma);
+    let tile_name = format!("contrastive_bwd_{kind}_{sfx}");
     let tile_fn = be.function("contrastive.cu", &tile_name)?;
-    allow_smem(&tile_fn, CT_SMEM_BYTES)?;
+    allow_smem(&tile_fn, smem)?;
     let scale_name = format!("contrastive_scale_{sfx}");
     let scale_fn = be.function("contrastive.cu", &scale_name)?;
 
@@ -1037,7 +1051,7 @@ pub(crate) fn contrastive_loss_backward(
             b.arg(&rows32);
             arg_out(&mut b, &mut strip);
             arg_out(&mut b, &mut dscale_part);
-            let cfg = cfg_1d(rows.div_ceil(TILE) * n_t, TILE_THREADS, CT_SMEM_BYTES);
+            let cfg = cfg_1d(rows.div_ceil(TILE) * n_t, TILE_THREADS, smem);
             // SAFETY: contrastive_bwd_{mma,simt}_<dt>(img, txt, int N, int D, long long lda,
             // long long ldb, const float* scale, const float* d_loss, const float* lse_rows,
             // const float* lse_cols, int r0, int rows, T* strip, float* dscale_part): inputs
@@ -1045,7 +1059,7 @@ pub(crate) fn contrastive_loss_backward(
             // contiguous N-element f32; r0 is a multiple of 128 and rows <= N - r0; strip is a
             // fresh rows * N buffer of <dt> (every element written); dscale_part holds
             // n_t * n_t floats, of which this strip's blocks write rows r0/128 ..;
-            // ceil(rows/128) * n_t blocks of 256 threads with CT_SMEM_BYTES of shared memory.
+            // ceil(rows/128) * n_t blocks of 256 threads with the variant's shared memory.
             let launched = unsafe { b.launch(cfg) }.map(|_| ());
             be.check_launch(&tile_name, launched)?;
         }

@@ -409,11 +409,16 @@ impl CudaBackend {
             with_data!(src.data(), s => b.arg(s));
             with_data!(&mut out, d => b.arg(d));
             b.arg(&n64);
+            // The float kernels have a 16-byte dense path; u32 goes element by element.
+            let grid = if dtype == DType::U32 {
+                grid_for(n)
+            } else {
+                grid_for_vec16(n, dtype.size_in_bytes())
+            };
             // SAFETY: unary_<dt>(gl_u32 op, double p0, double p1, GlLayout src, const T* x,
             // T* out, gl_u64 n): u32, f64, f64, KLayout, then input and output buffers of the
             // kernel's dtype; the view has `n` elements inside `x`, `out` holds `n`.
-            let launched =
-                unsafe { b.launch(grid_for_vec16(n, dtype.size_in_bytes())) }.map(|_| ());
+            let launched = unsafe { b.launch(grid) }.map(|_| ());
             self.check_launch(&name, launched)?;
         }
         Ok(CudaStorage::new(out, n))
@@ -463,12 +468,18 @@ impl CudaBackend {
         if let Some(flag) = flag.as_mut() {
             b.arg(flag);
         }
+        // Float arithmetic has a 16-byte dense path; comparisons and u32 go element by element.
+        let grid = if compare || integer_arith {
+            grid_for(n)
+        } else {
+            grid_for_vec16(n, dtype.size_in_bytes())
+        };
         // SAFETY: binary_<dt>(gl_u32 op, GlLayout la, const T* a, GlLayout lb, const T* b,
         // T* out, gl_u64 n[, gl_u32* div_by_zero for u32]) or compare_<dt>(.., gl_u32* out,
         // gl_u64 n): the kernel is picked by the operands' dtype, `out` has the kernel's output
         // type (u32 for comparisons), both views have `n` elements inside their buffers, and
         // the u32 kernel gets its one-element flag buffer.
-        let launched = unsafe { b.launch(grid_for_vec16(n, dtype.size_in_bytes())) }.map(|_| ());
+        let launched = unsafe { b.launch(grid) }.map(|_| ());
         self.check_launch(&name, launched)?;
         if op == BinaryOp::Div
             && let Some(flag) = &flag
