@@ -6,9 +6,9 @@
 
 Data: the gzip IDX files of Debian's fashion-mnist package (/usr/share/datasets/fashion-mnist,
 or --data DIR), read with gzip + numpy. Pixels x/255, then (x - 0.2860) / 0.3530. Training
-augmentation, per image: a random crop of the image zero-padded by 2 on each side (a shift of
-dx, dy uniform in {-2..2}; the padding is 0 before normalisation, i.e. background), then a
-horizontal flip with p = 0.5. Each epoch visits the 60000 training images in a fresh random
+augmentation, per image: a random crop of the image zero-padded by s = --shift pixels on each
+side (a shift of dx, dy uniform in {-s..s}; the padding is 0 before normalisation, i.e.
+background), then a horizontal flip with p = 0.5. Each epoch visits the 60000 training images in a fresh random
 order in batches of --batch-size; the last partial batch is dropped, so an epoch is
 60000 // batch_size optimizer steps. Evaluation: the 10000 test images, no augmentation.
 
@@ -59,15 +59,16 @@ DEFAULT_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 # Defaults: the recipe `glimpse train vit --dataset fashion-mnist` uses (see its vit_recipe):
 # patch 4, width 64, 4 layers, 4 heads, MLP 128, batch 64, AdamW lr 1e-3 -> 1e-5 with 500
-# warm-up steps, weight decay 0.05, label smoothing 0.1, clipping at 1.0, 20 epochs, flips only
-# (--shift 0). Start from glimpse's initial weights with --init RUN/init.safetensors.
+# warm-up steps, weight decay 0.05, label smoothing 0.1, clipping at 1.0, 60 epochs, flips and
+# shifts of up to one pixel (--shift 1). Start from glimpse's initial weights with
+# --init RUN/init.safetensors.
 DEFAULTS = dict(
     patch_size=4,
     hidden=64,
     layers=4,
     heads=4,
     mlp=128,
-    epochs=20,
+    epochs=60,
     batch_size=64,
     lr=1e-3,
     min_lr=1e-5,
@@ -204,7 +205,7 @@ def parse_args():
     p.add_argument("--save", type=Path, metavar="DIR")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--no-eval", action="store_true", help="skip the test set evaluation")
-    p.add_argument("--shift", type=int, default=0, help="largest random shift in pixels (0: flips only)")
+    p.add_argument("--shift", type=int, default=1, help="largest random shift in pixels (0: flips only)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
@@ -259,7 +260,7 @@ def main():
     recipe = {k: getattr(args, k) for k in DEFAULTS}
     steps_per_epoch = x_train.shape[0] // args.batch_size
     total = args.epochs * steps_per_epoch
-    emit({"recipe": recipe, "parameters": n_params, "steps_per_epoch": steps_per_epoch,
+    emit({"recipe": recipe, "shift": args.shift, "parameters": n_params, "steps_per_epoch": steps_per_epoch,
           "total_steps": total, "threads": args.threads, "attn": args.attn,
           "init": str(args.init) if args.init else f"transformers init, seed {args.seed}"})
 
