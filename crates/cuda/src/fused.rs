@@ -923,13 +923,13 @@ pub(crate) fn contrastive_loss(
         arg_out(&mut b, &mut col_part);
         arg_out(&mut b, &mut diag);
         let cfg = cfg_1d(n_t * n_t, TILE_THREADS, smem);
-        // SAFETY: contrastive_fwd_{mma,simt}_<dt>(const T* img, const T* txt, int N, int D,
-        // long long lda, long long ldb, const float* scale, float2* row_part,
+        // SAFETY: contrastive_fwd_{mma,mma32,simt}_<dt>(const T* img, const T* txt, int N,
+        // int D, long long lda, long long ldb, const float* scale, float2* row_part,
         // float2* col_part, float* diag): img and txt are (N, D) views of <dt> with unit
         // column stride and row strides lda / ldb (16-byte aligned rows and D % 8 == 0 for
-        // mma); scale is a one-element f32 buffer; row_part and col_part are fresh
-        // 2 * n_t * N f32 buffers (n_t * N float2, 8-byte aligned allocations), diag a fresh N
-        // buffer; n_t^2 blocks of 256 threads with the variant's dynamic shared memory.
+        // the tensor-core variants); scale is a one-element f32 buffer; row_part and col_part
+        // are fresh 2 * n_t * N f32 buffers (n_t * N float2, 8-byte aligned allocations), diag
+        // a fresh N buffer; n_t^2 blocks of 256 threads with the variant's dynamic shared memory.
         let launched = unsafe { b.launch(cfg) }.map(|_| ());
         be.check_launch(&name, launched)?;
     }
@@ -1052,14 +1052,15 @@ pub(crate) fn contrastive_loss_backward(
             arg_out(&mut b, &mut strip);
             arg_out(&mut b, &mut dscale_part);
             let cfg = cfg_1d(rows.div_ceil(TILE) * n_t, TILE_THREADS, smem);
-            // SAFETY: contrastive_bwd_{mma,simt}_<dt>(img, txt, int N, int D, long long lda,
-            // long long ldb, const float* scale, const float* d_loss, const float* lse_rows,
-            // const float* lse_cols, int r0, int rows, T* strip, float* dscale_part): inputs
-            // as in the forward; scale and d_loss one-element f32 buffers, lse_rows/cols
-            // contiguous N-element f32; r0 is a multiple of 128 and rows <= N - r0; strip is a
-            // fresh rows * N buffer of <dt> (every element written); dscale_part holds
-            // n_t * n_t floats, of which this strip's blocks write rows r0/128 ..;
-            // ceil(rows/128) * n_t blocks of 256 threads with the variant's shared memory.
+            // SAFETY: contrastive_bwd_{mma,mma32,simt}_<dt>(img, txt, int N, int D,
+            // long long lda, long long ldb, const float* scale, const float* d_loss,
+            // const float* lse_rows, const float* lse_cols, int r0, int rows, T* strip,
+            // float* dscale_part): inputs as in the forward; scale and d_loss one-element f32
+            // buffers, lse_rows/cols contiguous N-element f32; r0 is a multiple of 128 and
+            // rows <= N - r0; strip is a fresh rows * N buffer of <dt> (every element written);
+            // dscale_part holds n_t * n_t floats, of which this strip's blocks write rows
+            // r0/128 ..; ceil(rows/128) * n_t blocks of 256 threads with the variant's shared
+            // memory.
             let launched = unsafe { b.launch(cfg) }.map(|_| ());
             be.check_launch(&tile_name, launched)?;
         }
