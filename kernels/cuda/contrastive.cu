@@ -320,6 +320,26 @@ struct CtTile<T, false, BK> {
 
 // ------------------------------------------------------------------------------ forward
 
+// (max, sum of e^{v - max}) over a thread's 8 values (-inf: masked) and the lanes that differ
+// from it in the xor bits FIRST .. LAST / 2 (shuffles); (-inf, 0) when every value is masked.
+template <int FIRST, int LAST>
+__device__ __forceinline__ float2 ct_lane_stats(const float (&v)[8]) {
+    const float ninf = ct_neg_inf();
+    float mx = ninf;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) mx = fmaxf(mx, fmaxf(v[2 * i], v[2 * i + 1]));
+#pragma unroll
+    for (int o = FIRST; o < LAST; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0.0f;
+    if (mx != ninf) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sum += v[i] == ninf ? 0.0f : __expf(v[i] - mx);
+    }
+#pragma unroll
+    for (int o = FIRST; o < LAST; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    return make_float2(mx, sum);
+}
+
 // The tensor-core forward's statistics straight from the accumulators, without the logits
 // tile in shared memory. Thread (warp w = 4 wm + wn, lane = 4 g + tig) holds rows
 // wm * 64 + mt * 16 + g + 8 h and columns wn * 32 + nt * 8 + 2 tig + l (mt, nt < 4; h, l < 2).
@@ -359,56 +379,34 @@ __device__ __forceinline__ void ct_fwd_stats_mma(const unsigned short* A, long l
                 if (diagonal && r == c && i0 + r < N) diag[i0 + r] = z;
             }
 
-    // Rows.
+    // Rows: lanes 4 g .. 4 g + 3 share a row (shuffles over xor 1, 2).
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            float mx = ninf;
+            float v[8];
 #pragma unroll
-            for (int nt = 0; nt < 4; ++nt)
-                mx = fmaxf(mx, fmaxf(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float sum = 0.0f;
-            if (mx != ninf) {
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-                    for (int l = 0; l < 2; ++l) {
-                        const float z = acc[mt][nt][2 * h + l];
-                        sum += z == ninf ? 0.0f : __expf(z - mx);
-                    }
+            for (int nt = 0; nt < 4; ++nt) {
+                v[2 * nt] = acc[mt][nt][2 * h];
+                v[2 * nt + 1] = acc[mt][nt][2 * h + 1];
             }
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            if (tig == 0) rstat[wn * CT_BM + wm * 64 + mt * 16 + g + h * 8] = make_float2(mx, sum);
+            const float2 st = ct_lane_stats<1, 4>(v);
+            if (tig == 0) rstat[wn * CT_BM + wm * 64 + mt * 16 + g + h * 8] = st;
         }
 
-    // Columns.
+    // Columns: lanes tig, tig + 4, .. share a column (shuffles over xor 4, 8, 16).
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
         for (int l = 0; l < 2; ++l) {
-            float mx = ninf;
+            float v[8];
 #pragma unroll
-            for (int mt = 0; mt < 4; ++mt)
-                mx = fmaxf(mx, fmaxf(acc[mt][nt][l], acc[mt][nt][2 + l]));
-#pragma unroll
-            for (int o = 4; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            float sum = 0.0f;
-            if (mx != ninf) {
-#pragma unroll
-                for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const float z = acc[mt][nt][2 * h + l];
-                        sum += z == ninf ? 0.0f : __expf(z - mx);
-                    }
+            for (int mt = 0; mt < 4; ++mt) {
+                v[2 * mt] = acc[mt][nt][l];
+                v[2 * mt + 1] = acc[mt][nt][2 + l];
             }
-#pragma unroll
-            for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            if (g == 0) cstat[wm * CT_BN + wn * 32 + nt * 8 + tig * 2 + l] = make_float2(mx, sum);
+            const float2 st = ct_lane_stats<4, 32>(v);
+            if (g == 0) cstat[wm * CT_BN + wn * 32 + nt * 8 + tig * 2 + l] = st;
         }
     __syncthreads();
 
