@@ -1,4 +1,4 @@
-// norm.cu: row-wise fused ops over the last dimension, and the GELU activations.
+// norm.cu: row-wise fused ops over the last dimension.
 //
 // What it computes (all arithmetic in f32, inputs and outputs f32 / f16 / bf16):
 //   layer_norm_<dt>:   out = (x - mean) / sqrt(var + eps) * weight + bias per row, with the
@@ -6,12 +6,11 @@
 //                      torch.nn.functional.layer_norm; weight / bias may be null (1 / 0).
 //   softmax_<dt>:      out = exp(x - max) / sum(exp(x - max)); a row whose max is -inf gives 0.
 //   log_softmax_<dt>:  out = x - max - log(sum(exp(x - max))); a row whose max is -inf gives -inf.
-//   gelu_erf_<dt>, gelu_tanh_<dt>, quick_gelu_<dt>: element-wise
-//                      x/2 (1 + erf(x / sqrt 2)),  x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
-//                      x * sigmoid(1.702 x).
+// (The GELU activations are element-wise ops 16..18 of elementwise.cu, whose 16-byte dense
+// path streams them at memory speed.)
 //
 // Shapes: x and out are (rows, cols) contiguous (the Rust side makes them so); weight and bias
-// are (cols) contiguous. GELU takes n contiguous elements.
+// are (cols) contiguous.
 //
 // Launch shape (row ops): 256 threads per block (8 warps).
 //   cols <= NM_WARP_COLS (1024): one warp per row, the row kept in registers (32 per lane);
@@ -20,7 +19,6 @@
 //                                re-reads of the row (L1/L2 resident); grid = rows.
 // The kernel picks its mode from cols, so the host must launch the matching grid
 // (fused.rs: norm_launch).
-// GELU: 256 threads per block, grid-stride loop, any grid.
 //
 // No CUDA headers: 16-bit types travel as unsigned short and convert through inline PTX.
 
@@ -235,28 +233,6 @@ __device__ void nm_softmax(const typename D::raw* __restrict__ x, typename D::ra
     }
 }
 
-// ------------------------------------------------------------------------------ GELU
-
-// kind: 0 = erf, 1 = tanh, 2 = quick.
-template <class D, int KIND>
-__device__ void nm_gelu(const typename D::raw* __restrict__ x, typename D::raw* __restrict__ out,
-                        long long n) {
-    long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        float v = D::ld(x + i);
-        float y;
-        if (KIND == 0) {
-            y = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-        } else if (KIND == 1) {
-            float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-            y = 0.5f * v * (1.0f + tanhf(u));
-        } else {
-            y = v / (1.0f + expf(-1.702f * v));
-        }
-        D::st(out + i, y);
-    }
-}
-
 // ------------------------------------------------------------------------------ entry points
 
 #define NM_ROW_KERNELS(SUF, D)                                                                  \
@@ -272,15 +248,6 @@ __device__ void nm_gelu(const typename D::raw* __restrict__ x, typename D::raw* 
     extern "C" __global__ void __launch_bounds__(NM_THREADS)                                  \
         log_softmax_##SUF(const D::raw* x, D::raw* out, long long rows, int cols) {            \
         nm_softmax<D, true>(x, out, rows, cols);                                               \
-    }                                                                                          \
-    extern "C" __global__ void gelu_erf_##SUF(const D::raw* x, D::raw* out, long long n) {     \
-        nm_gelu<D, 0>(x, out, n);                                                              \
-    }                                                                                          \
-    extern "C" __global__ void gelu_tanh_##SUF(const D::raw* x, D::raw* out, long long n) {    \
-        nm_gelu<D, 1>(x, out, n);                                                              \
-    }                                                                                          \
-    extern "C" __global__ void quick_gelu_##SUF(const D::raw* x, D::raw* out, long long n) {   \
-        nm_gelu<D, 2>(x, out, n);                                                              \
     }
 
 NM_ROW_KERNELS(f32, NmF32)

@@ -46,8 +46,8 @@ use cudarc::driver::{
 };
 use glimpse_tensor::{
     AttentionGrads, AttentionOptions, AttentionOutput, Backend, BackendStorage, BinaryOp,
-    ContrastiveGrads, ContrastiveOutput, DType, DeviceLocation, Error, GeluKind, HostSlice,
-    HostVec, Layout, PatchEmbedOptions, ReduceOp, Result, SharedBytes, Storage, Tensor, UnaryOp,
+    ContrastiveGrads, ContrastiveOutput, DType, DeviceLocation, Error, HostSlice, HostVec, Layout,
+    PatchEmbedOptions, ReduceOp, Result, SharedBytes, Storage, Tensor, UnaryOp,
 };
 use half::{bf16, f16};
 
@@ -715,10 +715,6 @@ impl Backend for CudaBackend {
         eps: f64,
     ) -> Result<Tensor> {
         fused::layer_norm(self, x, weight, bias, eps)
-    }
-
-    fn gelu(&self, x: &Tensor, kind: GeluKind) -> Result<Tensor> {
-        fused::gelu(self, x, kind)
     }
 
     fn attention(

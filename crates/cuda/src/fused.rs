@@ -8,7 +8,6 @@
 //!
 //! * [`softmax_last_dim`]`(be, x)`, [`log_softmax_last_dim`]`(be, x)`
 //! * [`layer_norm`]`(be, x, weight, bias, eps)`
-//! * [`gelu`]`(be, x, kind)`
 //! * [`attention`]`(be, q, k, v, opts)`, [`attention_backward`]`(be, q, k, v, out, d_out, opts)`
 //! * [`patch_embed`]`(be, images, weight, bias, opts)`
 //! * [`contrastive_loss`]`(be, image, text, scale)`,
@@ -32,7 +31,7 @@ use cudarc::driver::{
 };
 use glimpse_tensor::{
     AttentionGrads, AttentionOptions, AttentionOutput, ContrastiveGrads, ContrastiveOutput, DType,
-    GeluKind, PatchEmbedOptions, Result, Shape, Tensor, compose,
+    PatchEmbedOptions, Result, Shape, Tensor, compose,
 };
 use half::{bf16, f16};
 
@@ -376,36 +375,6 @@ pub(crate) fn layer_norm(
         // weight and bias contiguous (cols) of the same dtype (checked by the tensor crate)
         // or null; out a fresh rows * cols buffer; the grid matches norm.cu's mode for cols.
         let launched = unsafe { b.launch(cfg) }.map(|_| ());
-        be.check_launch(&name, launched)?;
-    }
-    output(out, x.shape().clone(), &x)
-}
-
-/// A GELU activation, element-wise (f32/f16/bf16).
-pub(crate) fn gelu(be: &CudaBackend, x: &Tensor, kind: GeluKind) -> Result<Tensor> {
-    let n = x.elem_count();
-    if !device_ok(be) || !kernel_dtype(x.dtype()) || n == 0 {
-        return x.unary(kind.unary_op());
-    }
-    let x = x.contiguous()?;
-    let kernel = match kind {
-        GeluKind::Erf => "gelu_erf",
-        GeluKind::Tanh => "gelu_tanh",
-        GeluKind::Quick => "quick_gelu",
-    };
-    let name = format!("{kernel}_{}", suffix(x.dtype()));
-    let f = be.function("norm.cu", &name)?;
-    let mut out = be.alloc_data(x.dtype(), n)?;
-    {
-        let xv = view(&x)?;
-        let n64 = n as i64;
-        let mut b = be.stream().launch_builder(&f);
-        arg_view(&mut b, &xv);
-        arg_out(&mut b, &mut out);
-        b.arg(&n64);
-        // SAFETY: <gelu>_<dt>(const T* x, T* out, long long n): x holds n contiguous elements
-        // of <dt> from its offset, out is a fresh buffer of n; the grid-stride loop covers n.
-        let launched = unsafe { b.launch(grid_for(n)) }.map(|_| ());
         be.check_launch(&name, launched)?;
     }
     output(out, x.shape().clone(), &x)

@@ -81,7 +81,12 @@ fn case(max_n: usize) -> impl Strategy<Value = Case> {
         common::any_float(),
         (any::<bool>(), any::<bool>(), [view(), view(), view()]),
         (
-            prop_oneof![3 => Just(None), 1 => (0.05f64..0.5).prop_map(Some)],
+            // Negative scales too: they reverse which score is the row's largest.
+            prop_oneof![
+                3 => Just(None),
+                1 => (0.05f64..0.5).prop_map(Some),
+                1 => (-0.5f64..-0.05).prop_map(Some),
+            ],
             any::<u64>(),
         ),
     )

@@ -321,7 +321,13 @@ fn attn_case(t: &Target, max_n: usize) -> impl Strategy<Value = AttnCase> {
         t.any_float(),
         (any::<bool>(), any::<bool>(), layouts),
         (
-            prop_oneof![3 => Just(None), 1 => (0.05f64..0.5).prop_map(Some)],
+            prop_oneof![
+                3 => Just(None),
+                1 => (0.05f64..0.5).prop_map(Some),
+                // Negative scales reverse the score order (the largest product gets the least
+                // weight): kernels may not take the row max of unscaled scores.
+                1 => (-0.5f64..-0.05).prop_map(Some),
+            ],
             any::<u64>(),
         ),
     )
@@ -432,8 +438,8 @@ fn check_attention_forward(t: &Target, c: &AttnCase) -> Result<(), TestCaseError
 
 /// Attention forward (out and log-sum-exp) on random shapes: batch, heads, query and key
 /// counts at and around tile edges (up to 300), head dims 8 to 128 and a different value dim,
-/// causal or not, key-padding masks (all keys of batch 0 masked, sometimes), custom scales,
-/// contiguous, head-split (permuted) and misaligned (narrowed) inputs.
+/// causal or not, key-padding masks (all keys of batch 0 masked, sometimes), custom scales
+/// (negative ones too), contiguous, head-split (permuted) and misaligned (narrowed) inputs.
 pub fn attention_forward_matches_cpu(t: &Target) {
     t.run(
         "attention_forward_matches_cpu",
