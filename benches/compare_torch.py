@@ -1,7 +1,8 @@
 """PyTorch's side of `cargo xtask bench-compare cpu|models` and of the GPU bundle.
 
 `compare_torch.py cuda [FILTER]` times `glimpse_benches::cuda_suite`'s work on cuda:0 (CUDA
-events), and `compare_torch.py table GLIMPSE.jsonl TORCH.jsonl` prints the side-by-side table.
+events), and `compare_torch.py table GLIMPSE.jsonl TORCH.jsonl [CANDIDATES.jsonl]` prints the
+side-by-side table (with the rows glimpse ran again with every kernel candidate on, if given).
 
 `compare_torch.py SUITE [FILTER]` times the same workloads, with the same shapes and the same
 timing rule (two warm-up runs, then the median of at least 5 runs and about 2 seconds), as
@@ -271,8 +272,9 @@ def run_cuda(flt):
           flush=True)
 
 
-def table(ours_path, theirs_path):
-    """Markdown table of two JSON-lines files (glimpse's, PyTorch's)."""
+def table(ours_path, theirs_path, candidates_path=None):
+    """Markdown table of two JSON-lines files (glimpse's, PyTorch's), with a third (glimpse's
+    runs with every kernel candidate on) as two more columns when given and not empty."""
     def rows(path):
         out = {}
         for line in open(path):
@@ -283,22 +285,31 @@ def table(ours_path, theirs_path):
         return out
 
     ours, theirs = rows(ours_path), rows(theirs_path)
-    print("| workload | glimpse ms | PyTorch ms | PyTorch / glimpse | glimpse TFLOP/s | PyTorch TFLOP/s "
-          "| glimpse extra GB | PyTorch extra GB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    cand = rows(candidates_path) if candidates_path else {}
+    head = ("| workload | glimpse ms | PyTorch ms | PyTorch / glimpse | glimpse TFLOP/s "
+            "| PyTorch TFLOP/s | glimpse extra GB | PyTorch extra GB |")
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    if cand:
+        head += " candidates ms | PyTorch / candidates |"
+        rule += "---:|---:|"
+    print(head)
+    print(rule)
     for name in list(theirs) + [n for n in ours if n not in theirs]:
-        o, t = ours.get(name), theirs.get(name)
+        o, t, c = ours.get(name), theirs.get(name), cand.get(name)
         fmt = lambda r, k, f: f.format(r[k]) if r and r.get(k) is not None else "-"
-        ratio = f"{t['median_ms'] / o['median_ms']:.2f}x" if o and t else "-"
+        ratio = lambda o: f"{t['median_ms'] / o['median_ms']:.2f}x" if o and t else "-"
         tf = lambda r: f"{r['gflops'] / 1e3:.1f}" if r and r.get("gflops") else "-"
-        print(f"| {name} | {fmt(o, 'median_ms', '{:.4f}')} | {fmt(t, 'median_ms', '{:.4f}')} | "
-              f"{ratio} | {tf(o)} | {tf(t)} | {fmt(o, 'peak_extra_gb', '{:.2f}')} | "
-              f"{fmt(t, 'peak_extra_gb', '{:.2f}')} |")
+        line = (f"| {name} | {fmt(o, 'median_ms', '{:.4f}')} | {fmt(t, 'median_ms', '{:.4f}')} | "
+                f"{ratio(o)} | {tf(o)} | {tf(t)} | {fmt(o, 'peak_extra_gb', '{:.2f}')} | "
+                f"{fmt(t, 'peak_extra_gb', '{:.2f}')} |")
+        if cand:
+            line += f" {fmt(c, 'median_ms', '{:.4f}')} | {ratio(c)} |"
+        print(line)
 
 
 def main():
     if len(sys.argv) >= 2 and sys.argv[1] == "table":
-        table(sys.argv[2], sys.argv[3])
+        table(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
         return
     if len(sys.argv) >= 2 and sys.argv[1] == "cuda":
         torch.set_grad_enabled(True)

@@ -165,8 +165,9 @@ __device__ __forceinline__ int at_kv_end(int causal, int q0, int rows, int Nq, i
 // kernel; one tile wastes less work when Nq is small. Q fragments stay in registers unless
 // that would crowd the accumulators (MT * D > 128), in which case each k-step reloads them
 // from shared memory. BC is the key tile: 64, or 32 where 64 would spill many registers
-// (MT = 2 with D = 128).
-template <class T, int D, int MT, int BC>
+// (MT = 2 with D = 128). SKIP leaves out the multiplies and exponentials of padding rows and
+// keys (see `np_lim` and `live`); without it they are computed and masked.
+template <class T, int D, int MT, int BC, bool SKIP>
 __device__ __forceinline__ void at_fwd_mma(
     const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,
     const unsigned short* __restrict__ v, const unsigned* __restrict__ key_mask,
@@ -205,10 +206,12 @@ __device__ __forceinline__ void at_fwd_mma(
 #pragma unroll
         for (int i = 0; i < 2 * KD; ++i) o[m][i][0] = o[m][i][1] = o[m][i][2] = o[m][i][3] = 0.0f;
     float m_run[MT][2], l_run[MT][2];
+    bool live[MT];  // row tile m of this warp holds at least one query
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
         m_run[m][0] = m_run[m][1] = at_neg_inf();
         l_run[m][0] = l_run[m][1] = 0.0f;
+        live[m] = q0 + wrow + m * 16 < Nq;
     }
 
     if (n_tiles > 0) {
@@ -258,6 +261,12 @@ __device__ __forceinline__ void at_fwd_mma(
         const unsigned short* Kt = Ks + st * BC * LD;
         const unsigned short* Vt = Vs + st * BC * LD;
         const float* kv_ok = kval + st * BC;
+        // SKIP: padding is skipped instead of computed and masked (N = 197 pads to 256 in both
+        // directions, a third more work): pairs of 8-key score tiles from `np_lim` on hold no
+        // key this block may see (past Nk or the causal limit), and a row tile past Nq holds
+        // no query. Both bounds are warp-uniform; the skipped scores would all have been
+        // masked to a probability of exactly 0, so the results are the same.
+        const int np_lim = kv_end - kv0 >= BC ? NS / 2 : (kv_end - kv0 + 15) / 16;
 
         // S = Q K^T for this warp's 16 * MT rows and the tile's BC keys.
         float s[MT][NS][4];
@@ -278,12 +287,14 @@ __device__ __forceinline__ void at_fwd_mma(
             }
 #pragma unroll
             for (int np = 0; np < NS / 2; ++np) {
+                if (SKIP && np >= np_lim) break;
                 unsigned kf[4];
                 int key = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
                 int col = kk * 16 + ((lane >> 3) & 1) * 8;
                 at_ldsm_x4(kf, at_smem_addr(Kt + key * LD + col));
 #pragma unroll
                 for (int m = 0; m < MT; ++m) {
+                    if (SKIP && !live[m]) continue;
                     const unsigned* a = QREG ? qf[QREG ? m * KD + kk : 0] : qs[QREG ? 0 : m];
                     T::mma(s[m][2 * np], a, kf[0], kf[1]);
                     T::mma(s[m][2 * np + 1], a, kf[2], kf[3]);
@@ -300,6 +311,7 @@ __device__ __forceinline__ void at_fwd_mma(
         const bool raw = full && scale_log2 > 0.0f;
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
+            if (SKIP && !live[m]) continue;
             // Mask (and, unless `raw`, scale into the log2 domain); update the running max.
             const int qi0 = q0 + wrow + m * 16 + g;  // rows qi0 (c0, c1) and qi0 + 8 (c2, c3)
             float mx[2] = {at_neg_inf(), at_neg_inf()};
@@ -324,6 +336,7 @@ __device__ __forceinline__ void at_fwd_mma(
             } else {
 #pragma unroll
                 for (int nt = 0; nt < NS; ++nt) {
+                    if (SKIP && nt >= 2 * np_lim) break;
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         int col = nt * 8 + tig * 2 + (e & 1);
@@ -370,6 +383,7 @@ __device__ __forceinline__ void at_fwd_mma(
             } else {
 #pragma unroll
                 for (int nt = 0; nt < NS; ++nt) {
+                    if (SKIP && nt >= 2 * np_lim) break;
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         float p = exp2f(s[m][nt][e] - m_use[e >> 1]);
@@ -383,6 +397,7 @@ __device__ __forceinline__ void at_fwd_mma(
         // O += P V: the S accumulators of key tiles 2 t2, 2 t2 + 1 are the A fragment.
 #pragma unroll
         for (int t2 = 0; t2 < NS / 2; ++t2) {
+            if (SKIP && t2 >= np_lim) break;
             unsigned pa[MT][4];
 #pragma unroll
             for (int m = 0; m < MT; ++m) {
@@ -399,6 +414,7 @@ __device__ __forceinline__ void at_fwd_mma(
                 at_ldsm_x4_t(vf, at_smem_addr(Vt + key * LD + col));
 #pragma unroll
                 for (int m = 0; m < MT; ++m) {
+                    if (SKIP && !live[m]) continue;
                     T::mma(o[m][2 * dp], pa[m], vf[0], vf[1]);
                     T::mma(o[m][2 * dp + 1], pa[m], vf[2], vf[3]);
                 }
@@ -436,20 +452,25 @@ __device__ __forceinline__ void at_fwd_mma(
 
 // attention_fwd_mma_d<D>_<dt>: 64 query rows per block (MT = 1), key tiles of 64;
 // attention_fwd_mma2_d<D>_<dt>: 128 query rows per block (MT = 2), key tiles of 64 below
-// D = 128 and 32 at D = 128. Same arguments.
-#define AT_FWD_MMA_KERNEL(NAME, D, SUF, T, MT, BC)                                           \
+// D = 128 and 32 at D = 128; attention_fwd_mma_skip_d<D>_<dt>, attention_fwd_mma2_skip_..:
+// the same with SKIP (a candidate: the host uses them only when asked to, until they have
+// run on a GPU). Same arguments.
+#define AT_FWD_MMA_KERNEL(NAME, D, SUF, T, MT, BC, SKIP)                                     \
     extern "C" __global__ void __launch_bounds__(AT_MMA_THREADS) NAME##_d##D##_##SUF(          \
         const unsigned short* q, const unsigned short* k, const unsigned short* v,             \
         const unsigned* key_mask, unsigned short* out, float* lse, int H, int Nq, int Nk,      \
         long long qsb, long long qsh, long long qsn, long long ksb, long long ksh,             \
         long long ksn, long long vsb, long long vsh, long long vsn, float scale_log2,          \
         int causal, int q_tiles) {                                                             \
-        at_fwd_mma<T, D, MT, BC>(q, k, v, key_mask, out, lse, H, Nq, Nk, qsb, qsh, qsn, ksb,   \
-                                 ksh, ksn, vsb, vsh, vsn, scale_log2, causal, q_tiles);        \
+        at_fwd_mma<T, D, MT, BC, SKIP>(q, k, v, key_mask, out, lse, H, Nq, Nk, qsb, qsh, qsn,  \
+                                       ksb, ksh, ksn, vsb, vsh, vsn, scale_log2, causal,       \
+                                       q_tiles);                                               \
     }
 #define AT_FWD_MMA(D, SUF, T)                                                                  \
-    AT_FWD_MMA_KERNEL(attention_fwd_mma, D, SUF, T, 1, AT_MMA_BC)                              \
-    AT_FWD_MMA_KERNEL(attention_fwd_mma2, D, SUF, T, 2, (D >= 128 ? 32 : AT_MMA_BC))
+    AT_FWD_MMA_KERNEL(attention_fwd_mma, D, SUF, T, 1, AT_MMA_BC, false)                       \
+    AT_FWD_MMA_KERNEL(attention_fwd_mma2, D, SUF, T, 2, (D >= 128 ? 32 : AT_MMA_BC), false)    \
+    AT_FWD_MMA_KERNEL(attention_fwd_mma_skip, D, SUF, T, 1, AT_MMA_BC, true)                   \
+    AT_FWD_MMA_KERNEL(attention_fwd_mma2_skip, D, SUF, T, 2, (D >= 128 ? 32 : AT_MMA_BC), true)
 
 AT_FWD_MMA(32, f16, AtF16)
 AT_FWD_MMA(64, f16, AtF16)
@@ -472,11 +493,41 @@ AT_FWD_MMA(128, bf16, AtBF16)
 // barrier warp w computes rows w * 16 .. of dS K (B = K by ldmatrix.trans) and adds scale times
 // them into dq_acc with f32 atomicAdd. Single-stage loads, a barrier on either side of every
 // shared-memory phase.
+// PF (prefetch, a candidate): the dQ phase reads only dS and K, so the next query tile's Q, dO,
+// lse and delta are requested right after the barrier that completes dS and land while the
+// dQ products and atomics run; the barrier that used to open every tile goes (the one after
+// the loads also orders the previous dQ phase's reads of dS before the next writes).
 // Dynamic shared memory: 4 * 64 * (D + 8) * 2 + 64 * 72 * 2 + 3 * 64 * 4 bytes.
 #define AT_BWD_LDS 72
 #define AT_MMA_BQ 64  // query rows per tile the backward walks
 
-template <class T, int D>
+// The backward's query tile i0: Q and dO rows into Qs / Gs (cp.async, one commit group; zeros
+// past Nq), lse in the log2 domain into lse_s and delta into del_s (plain stores).
+template <int D>
+__device__ __forceinline__ void at_bwd_load_q_tile(
+    int i0, int Nq, const unsigned short* qb, const unsigned short* gb, long long qsn,
+    long long gsn, const float* lse_b, const float* del_b, unsigned short* Qs, unsigned short* Gs,
+    float* lse_s, float* del_s) {
+    constexpr int BQ = AT_MMA_BQ, LD = D + 8, DC = D / 8, NT = AT_MMA_THREADS;
+    const int tid = threadIdx.x;
+    for (int c = tid; c < BQ * DC; c += NT) {
+        int r = c / DC, cc = c - r * DC;
+        bool ok = i0 + r < Nq;
+        long long row = ok ? i0 + r : 0;
+        at_cp16(at_smem_addr(Qs + r * LD + cc * 8), qb + row * qsn + cc * 8, ok);
+        at_cp16(at_smem_addr(Gs + r * LD + cc * 8), gb + row * gsn + cc * 8, ok);
+    }
+    at_cp_commit();
+    for (int r = tid; r < BQ; r += NT) {
+        bool ok = i0 + r < Nq;
+        float l = ok ? lse_b[i0 + r] : at_neg_inf();
+        // 2^(x - inf) = 0: rows past Nq and fully masked rows contribute nothing.
+        lse_s[r] = l == at_neg_inf() ? __int_as_float(0x7f800000) : l * AT_LOG2E;
+        del_s[r] = ok ? del_b[i0 + r] : 0.0f;
+    }
+}
+
+template <class T, int D, bool PF>
 __device__ __forceinline__ void at_bwd_mma(
     const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,
     const unsigned short* __restrict__ v, const unsigned short* __restrict__ dout,
@@ -545,22 +596,12 @@ __device__ __forceinline__ void at_bwd_mma(
     }
     const int key_r0 = warp * 16 + g;  // this thread's accumulator rows: keys key_r0, key_r0 + 8
 
+    if (PF && i_start < Nq) at_bwd_load_q_tile<D>(i_start, Nq, qb, gb, qsn, gsn, lse_b, del_b, Qs, Gs, lse_s, del_s);
+
     for (int i0 = i_start; i0 < Nq; i0 += BQ) {
-        __syncthreads();  // the previous tile's Qs, Gs, dSs, lse_s, del_s fully consumed
-        for (int c = tid; c < BQ * DC; c += NT) {
-            int r = c / DC, cc = c - r * DC;
-            bool ok = i0 + r < Nq;
-            long long row = ok ? i0 + r : 0;
-            at_cp16(at_smem_addr(Qs + r * LD + cc * 8), qb + row * qsn + cc * 8, ok);
-            at_cp16(at_smem_addr(Gs + r * LD + cc * 8), gb + row * gsn + cc * 8, ok);
-        }
-        at_cp_commit();
-        for (int r = tid; r < BQ; r += NT) {
-            bool ok = i0 + r < Nq;
-            float l = ok ? lse_b[i0 + r] : at_neg_inf();
-            // 2^(x - inf) = 0: rows past Nq and fully masked rows contribute nothing.
-            lse_s[r] = l == at_neg_inf() ? __int_as_float(0x7f800000) : l * AT_LOG2E;
-            del_s[r] = ok ? del_b[i0 + r] : 0.0f;
+        if (!PF) {
+            __syncthreads();  // the previous tile's Qs, Gs, dSs, lse_s, del_s fully consumed
+            at_bwd_load_q_tile<D>(i0, Nq, qb, gb, qsn, gsn, lse_b, del_b, Qs, Gs, lse_s, del_s);
         }
         at_cp_wait<0>();
         __syncthreads();
@@ -648,7 +689,9 @@ __device__ __forceinline__ void at_bwd_mma(
                 T::mma(dka[2 * dd + 1], da, qf[2], qf[3]);
             }
         }
-        __syncthreads();  // dSs complete
+        __syncthreads();  // dSs complete; with PF, also Qs, Gs, lse_s and del_s free
+        if (PF && i0 + BQ < Nq) at_bwd_load_q_tile<D>(i0 + BQ, Nq, qb, gb, qsn, gsn, lse_b, del_b, Qs, Gs, lse_s,
+                                  del_s);
 
         // dQ rows warp * 16 .. + 15 of the tile += scale * dS K (k dimension: the tile's keys).
         {
@@ -710,20 +753,23 @@ __device__ __forceinline__ void at_bwd_mma(
     }
 }
 
-#define AT_BWD_MMA(D, SUF, T)                                                                  \
-    extern "C" __global__ void __launch_bounds__(AT_MMA_THREADS)                              \
-        attention_bwd_mma_d##D##_##SUF(                                                        \
-            const unsigned short* q, const unsigned short* k, const unsigned short* v,         \
-            const unsigned short* dout, const float* lse, const float* delta,                  \
-            const unsigned* key_mask, float* dq_acc, unsigned short* dk, unsigned short* dv,   \
-            int H, int Nq, int Nk, long long qsb, long long qsh, long long qsn, long long ksb,  \
-            long long ksh, long long ksn, long long vsb, long long vsh, long long vsn,         \
-            long long gsb, long long gsh, long long gsn, float scale, int causal,              \
-            int k_tiles) {                                                                     \
-        at_bwd_mma<T, D>(q, k, v, dout, lse, delta, key_mask, dq_acc, dk, dv, H, Nq, Nk, qsb,  \
-                         qsh, qsn, ksb, ksh, ksn, vsb, vsh, vsn, gsb, gsh, gsn, scale, causal, \
-                         k_tiles);                                                             \
+// attention_bwd_mma_d<D>_<dt>, and attention_bwd_mma_pf_d<D>_<dt> with PF (a candidate: the
+// host uses it only when asked to, until it has run on a GPU). Same arguments.
+#define AT_BWD_MMA_KERNEL(NAME, D, SUF, T, PF)                                                 \
+    extern "C" __global__ void __launch_bounds__(AT_MMA_THREADS) NAME##_d##D##_##SUF(          \
+        const unsigned short* q, const unsigned short* k, const unsigned short* v,             \
+        const unsigned short* dout, const float* lse, const float* delta,                      \
+        const unsigned* key_mask, float* dq_acc, unsigned short* dk, unsigned short* dv, int H, \
+        int Nq, int Nk, long long qsb, long long qsh, long long qsn, long long ksb,            \
+        long long ksh, long long ksn, long long vsb, long long vsh, long long vsn,             \
+        long long gsb, long long gsh, long long gsn, float scale, int causal, int k_tiles) {   \
+        at_bwd_mma<T, D, PF>(q, k, v, dout, lse, delta, key_mask, dq_acc, dk, dv, H, Nq, Nk,   \
+                             qsb, qsh, qsn, ksb, ksh, ksn, vsb, vsh, vsn, gsb, gsh, gsn, scale,   \
+                             causal, k_tiles);                                                 \
     }
+#define AT_BWD_MMA(D, SUF, T)                                                                  \
+    AT_BWD_MMA_KERNEL(attention_bwd_mma, D, SUF, T, false)                                     \
+    AT_BWD_MMA_KERNEL(attention_bwd_mma_pf, D, SUF, T, true)
 
 AT_BWD_MMA(32, f16, AtF16)
 AT_BWD_MMA(64, f16, AtF16)

@@ -19,24 +19,29 @@
 //       every 16-byte chunk of A is 8 consecutive pixels of one image row, which needs
 //       P % 8 == 0 and 16-byte aligned rows (sb, sc, sh and the offset multiples of 8); the
 //       host checks this. Fragments by ldmatrix from rows padded to 40 halves.
+//   patch_embed_mma64_{f16,bf16}: the same with K steps of 64 through a 3-stage pipeline
+//       (rows of 72 halves): half the barriers. A candidate (the host uses it only when
+//       asked to, until it has run on a GPU), for devices that allow PE_SMEM64_BYTES (110592)
+//       of shared memory per block.
 //   patch_embed_simt_{f32,f16,bf16}: CUDA cores, any P and strides: A and B tiles of 16 k
 //       gathered element by element into shared memory (f32), 8 x 8 outputs per thread.
 //   The epilogue adds bias and position rows to the f32 accumulators, rounds once (pairs of
 //   adjacent outputs stored together when E is even), and the thread owning the first patch
 //   of an image also writes that image's class row.
-//   Dynamic shared memory: PE_SMEM_BYTES (81920; opt-in above 48 KB) for both.
+//   Dynamic shared memory: PE_SMEM_BYTES (81920; opt-in above 48 KB) for mma and simt,
+//   PE_SMEM64_BYTES for mma64.
 //
 // No CUDA headers: 16-bit types travel as unsigned short and convert through inline PTX.
 
 #define PE_BM 128
 #define PE_BN 128
-#define PE_BK 32
-#define PE_LDK (PE_BK + 8)
-#define PE_STAGES 4
 #define PE_THREADS 256
 #define PE_SBK 16
 #define PE_SLD (PE_BM + 4)
-#define PE_SMEM_BYTES (PE_STAGES * (PE_BM + PE_BN) * PE_LDK * 2)
+// Pipelines of STAGES tiles of BM + BN rows of BK + 8 halves: K steps of 32 in 4 stages, or
+// of 64 in 3 (the candidate patch_embed_mma64_*).
+#define PE_SMEM_BYTES (4 * (PE_BM + PE_BN) * (32 + 8) * 2)
+#define PE_SMEM64_BYTES (3 * (PE_BM + PE_BN) * (64 + 8) * 2)
 
 // ------------------------------------------------------------------------------ dtypes
 
@@ -179,42 +184,51 @@ __device__ __forceinline__ void pe_emit(const PeArgs<T>& a, long long m, int e, 
 
 // ------------------------------------------------------------------------------ tensor cores
 
-template <class T>
+// BK is the K step and STAGES the depth of the cp.async pipeline: 32 and 4 (rows of 40
+// halves, PE_SMEM_BYTES), or 64 and 3 (rows of 72, PE_SMEM64_BYTES: half the barriers per
+// product, for devices that give a block that much shared memory).
+template <class T, int BK, int STAGES>
 __device__ __forceinline__ void pe_mma(const PeArgs<T>& a) {
+    constexpr int LDK = BK + 8;  // row pitch in halves: ldmatrix rows fall in distinct banks
+    constexpr int CH = BK / 8;   // 16-byte chunks per tile row and K step (4 or 8)
+    constexpr int CH_LOG2 = CH == 8 ? 3 : 2;
+    static_assert(CH == 4 || CH == 8, "K steps of 32 or 64");
+    constexpr int RP = PE_THREADS / CH;  // tile rows one pass of the block's threads covers
+    constexpr int NU = PE_BM / RP;       // passes per operand tile
     extern __shared__ __align__(16) unsigned char pe_smem[];
-    unsigned short* As = (unsigned short*)pe_smem;           // [STAGES][BM][LDK]
-    unsigned short* Bs = As + PE_STAGES * PE_BM * PE_LDK;     // [STAGES][BN][LDK]
+    unsigned short* As = (unsigned short*)pe_smem;     // [STAGES][BM][LDK]
+    unsigned short* Bs = As + STAGES * PE_BM * LDK;     // [STAGES][BN][LDK]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, tig = lane & 3;
     const int n_tiles = (a.E + PE_BN - 1) / PE_BN;
     const long long m0 = (long long)(blockIdx.x / n_tiles) * PE_BM;
     const int n0 = (int)(blockIdx.x % n_tiles) * PE_BN;
 
-    // This thread's two chunks per operand: tile rows r_u = (tid + 256 u) / 4, chunk (tid % 4).
-    const int cc = tid & 3;
-    long long a_base[2];
-    bool a_ok[2], b_ok[2];
+    // This thread's NU chunks per operand: tile rows r_u = (tid + 256 u) / CH, chunk tid % CH.
+    const int cc = tid & (CH - 1);
+    long long a_base[NU];
+    bool a_ok[NU], b_ok[NU];
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
-        int r = (tid + u * PE_THREADS) >> 2;
+    for (int u = 0; u < NU; ++u) {
+        int r = (tid + u * PE_THREADS) >> CH_LOG2;
         long long m = m0 + r;
         a_ok[u] = m < a.M;
         a_base[u] = a_ok[u] ? pe_row_base(a, m) : 0;
         b_ok[u] = n0 + r < a.E;
     }
     auto load = [&](int stage, int k0) {
-        unsigned short* ad = As + stage * PE_BM * PE_LDK;
-        unsigned short* bd = Bs + stage * PE_BN * PE_LDK;
+        unsigned short* ad = As + stage * PE_BM * LDK;
+        unsigned short* bd = Bs + stage * PE_BN * LDK;
         const int k = k0 + cc * 8;
         const bool k_ok = k < a.K;
         const long long koff = k_ok ? pe_k_offset(a, k) : 0;
 #pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            int r = (tid + u * PE_THREADS) >> 2;
+        for (int u = 0; u < NU; ++u) {
+            int r = (tid + u * PE_THREADS) >> CH_LOG2;
             bool oka = a_ok[u] && k_ok, okb = b_ok[u] && k_ok;
-            pe_cp16(pe_smem_addr(ad + r * PE_LDK + cc * 8),
+            pe_cp16(pe_smem_addr(ad + r * LDK + cc * 8),
                     (const unsigned short*)a.img + (oka ? a_base[u] + koff : 0), oka);
-            pe_cp16(pe_smem_addr(bd + r * PE_LDK + cc * 8),
+            pe_cp16(pe_smem_addr(bd + r * LDK + cc * 8),
                     (const unsigned short*)a.w + (okb ? (long long)(n0 + r) * a.K + k : 0), okb);
         }
     };
@@ -224,37 +238,37 @@ __device__ __forceinline__ void pe_mma(const PeArgs<T>& a) {
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
-    const int nk = (a.K + PE_BK - 1) / PE_BK;
+    const int nk = (a.K + BK - 1) / BK;
 #pragma unroll
-    for (int s = 0; s < PE_STAGES - 1; ++s) {
-        if (s < nk) load(s, s * PE_BK);
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < nk) load(s, s * BK);
         pe_cp_commit();
     }
     for (int kt = 0; kt < nk; ++kt) {
-        pe_cp_wait<PE_STAGES - 2>();
+        pe_cp_wait<STAGES - 2>();
         __syncthreads();
         {
-            int pf = kt + PE_STAGES - 1;  // its stage was last read in iteration kt - 1
-            if (pf < nk) load(pf % PE_STAGES, pf * PE_BK);
+            int pf = kt + STAGES - 1;  // its stage was last read in iteration kt - 1
+            if (pf < nk) load(pf % STAGES, pf * BK);
             pe_cp_commit();
         }
-        const unsigned short* At = As + (kt % PE_STAGES) * PE_BM * PE_LDK;
-        const unsigned short* Bt = Bs + (kt % PE_STAGES) * PE_BN * PE_LDK;
+        const unsigned short* At = As + (kt % STAGES) * PE_BM * LDK;
+        const unsigned short* Bt = Bs + (kt % STAGES) * PE_BN * LDK;
 #pragma unroll
-        for (int ks = 0; ks < PE_BK / 16; ++ks) {
+        for (int ks = 0; ks < BK / 16; ++ks) {
             unsigned af[4][4], bfr[4][2];
 #pragma unroll
             for (int mt = 0; mt < 4; ++mt) {
                 int row = wm * 64 + mt * 16 + (lane & 15);
                 int col = ks * 16 + (lane >> 4) * 8;
-                pe_ldsm_x4(af[mt], pe_smem_addr(At + row * PE_LDK + col));
+                pe_ldsm_x4(af[mt], pe_smem_addr(At + row * LDK + col));
             }
 #pragma unroll
             for (int np = 0; np < 2; ++np) {
                 unsigned x[4];
                 int row = wn * 32 + np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
                 int col = ks * 16 + ((lane >> 3) & 1) * 8;
-                pe_ldsm_x4(x, pe_smem_addr(Bt + row * PE_LDK + col));
+                pe_ldsm_x4(x, pe_smem_addr(Bt + row * LDK + col));
                 bfr[2 * np][0] = x[0];
                 bfr[2 * np][1] = x[1];
                 bfr[2 * np + 1][0] = x[2];
@@ -394,11 +408,13 @@ __device__ __forceinline__ void pe_simt(const PeArgs<T>& a) {
         a.rows = npatch + has_cls;                                                             \
         a.M = M;                                                                               \
         a.has_cls = has_cls;                                                                   \
-        BODY<T>(a);                                                                            \
+        BODY(a);                                                                               \
     }
 
-PE_KERNEL(mma, f16, PeF16, pe_mma)
-PE_KERNEL(mma, bf16, PeBF16, pe_mma)
-PE_KERNEL(simt, f32, PeF32, pe_simt)
-PE_KERNEL(simt, f16, PeF16, pe_simt)
-PE_KERNEL(simt, bf16, PeBF16, pe_simt)
+PE_KERNEL(mma, f16, PeF16, (pe_mma<PeF16, 32, 4>))
+PE_KERNEL(mma, bf16, PeBF16, (pe_mma<PeBF16, 32, 4>))
+PE_KERNEL(mma64, f16, PeF16, (pe_mma<PeF16, 64, 3>))
+PE_KERNEL(mma64, bf16, PeBF16, (pe_mma<PeBF16, 64, 3>))
+PE_KERNEL(simt, f32, PeF32, pe_simt<PeF32>)
+PE_KERNEL(simt, f16, PeF16, pe_simt<PeF16>)
+PE_KERNEL(simt, bf16, PeBF16, pe_simt<PeBF16>)

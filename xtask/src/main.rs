@@ -353,20 +353,29 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 status=0
 # The test binaries run side by side (each its own process and CUDA context); the
 # benchmarks run alone afterwards. The fused tests run twice more with each tiling of the
-# attention forward fixed, so both kernels are checked whatever the automatic choice picks.
+# attention forward fixed, so both kernels are checked whatever the automatic choice picks,
+# and three more times (the compositions once more) with every kernel candidate on
+# (GLIMPSE_CUDA_CANDIDATES=all: kernels not yet run on a GPU, off by default; see
+# glimpse_cuda::KernelCandidates).
 jobs=()
 start() {  # start NAME BINARY [VAR=VALUE...]
     local name=$1 bin=$2
     shift 2
     jobs+=("$name")
     rm -f "/tmp/glimpse-$name.rc"
-    # Eight processes share one GPU: the limit is per binary, with room for that.
+    # A dozen processes share one GPU: the limit is per binary, with room for that.
     ( env "$@" timeout "${GLIMPSE_TEST_TIMEOUT:-300}" "$bin" --test-threads=1 \
         > "/tmp/glimpse-$name.log" 2>&1
       echo $? > "/tmp/glimpse-$name.rc" ) &
 }
 for t in tests/*; do start "$(basename "$t")" "$t"; done
 for rows in 64 128; do start "fused-rows$rows" tests/fused GLIMPSE_CUDA_ATTN_FWD_ROWS=$rows; done
+start fused-candidates tests/fused GLIMPSE_CUDA_CANDIDATES=all
+start compositions-candidates tests/compositions GLIMPSE_CUDA_CANDIDATES=all
+for rows in 64 128; do
+    start "fused-candidates-rows$rows" tests/fused GLIMPSE_CUDA_CANDIDATES=all \
+        GLIMPSE_CUDA_ATTN_FWD_ROWS=$rows
+done
 wait
 for name in "${jobs[@]}"; do
     log="/tmp/glimpse-$name.log"
@@ -382,7 +391,17 @@ unset GLIMPSE_CUDA_POISON
 echo "== benchmarks"
 timeout "${GLIMPSE_BENCH_TIMEOUT:-120}" ./bench-compare cuda ${1:-} | tee "$LOGS/glimpse.jsonl"
 timeout "${GLIMPSE_BENCH_TIMEOUT:-120}" python3 compare_torch.py cuda ${1:-} | tee "$LOGS/torch.jsonl"
-python3 compare_torch.py table "$LOGS/glimpse.jsonl" "$LOGS/torch.jsonl" | tee "$LOGS/table.md"
+# The workloads the candidates touch, again with every candidate on.
+: > "$LOGS/candidates.jsonl"
+if [ -z "${1:-}" ]; then
+    echo "== benchmarks with GLIMPSE_CUDA_CANDIDATES=all"
+    for f in attention linear patch_embed ViT; do
+        GLIMPSE_CUDA_CANDIDATES=all timeout "${GLIMPSE_BENCH_TIMEOUT:-120}" \
+            ./bench-compare cuda "$f" | tee -a "$LOGS/candidates.jsonl"
+    done
+fi
+python3 compare_torch.py table "$LOGS/glimpse.jsonl" "$LOGS/torch.jsonl" "$LOGS/candidates.jsonl" \
+    | tee "$LOGS/table.md"
 exit $status
 "#;
 

@@ -97,6 +97,98 @@ fn attention_forward_rows_from_env() -> usize {
     }
 }
 
+/// Kernel variants that are written, compiled and tested by the CUDA test suite but have not
+/// yet run on a GPU, so the backend leaves them off unless asked. A device run of the bundle
+/// tests and times each one (`run.sh` turns them all on for a second pass); one that passes
+/// and wins becomes the default and leaves this list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCandidates {
+    /// `attn-fwd-skip`: the tensor-core attention forward leaves out the multiplies and
+    /// exponentials of padding (query rows past Nq, keys past Nk or past the causal limit)
+    /// instead of computing and masking them: a third of the work at N = 197.
+    pub attention_forward_skip_padding: bool,
+    /// `attn-bwd-prefetch`: the tensor-core attention backward loads the next query tile's Q
+    /// and dO while the dQ products of the current one run, with one barrier fewer per tile.
+    pub attention_backward_prefetch: bool,
+    /// `linear-lt`: `linear` with a bias is one cuBLASLt product that adds the bias in its
+    /// epilogue, instead of bias rows written first and accumulated onto (one write and one
+    /// read of the output fewer).
+    pub linear_lt: bool,
+    /// `patch-k64`: the tensor-core patch embedding in K steps of 64 through 3 pipeline
+    /// stages (108 KB of shared memory; devices with less keep the default) instead of 32
+    /// through 4: half the barriers.
+    pub patch_embed_k64: bool,
+}
+
+impl KernelCandidates {
+    /// Every candidate on.
+    pub const ALL: KernelCandidates = KernelCandidates {
+        attention_forward_skip_padding: true,
+        attention_backward_prefetch: true,
+        linear_lt: true,
+        patch_embed_k64: true,
+    };
+
+    /// Parses `GLIMPSE_CUDA_CANDIDATES`'s syntax: `all`, `none`, empty, or a comma-separated
+    /// list of `attn-fwd-skip`, `attn-bwd-prefetch`, `linear-lt` and `patch-k64`.
+    pub fn parse(list: &str) -> Result<KernelCandidates> {
+        let mut c = KernelCandidates::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "all" => c = KernelCandidates::ALL,
+                "none" => c = KernelCandidates::default(),
+                "attn-fwd-skip" => c.attention_forward_skip_padding = true,
+                "attn-bwd-prefetch" => c.attention_backward_prefetch = true,
+                "linear-lt" => c.linear_lt = true,
+                "patch-k64" => c.patch_embed_k64 = true,
+                other => {
+                    return Err(Error::invalid(
+                        "kernel candidates",
+                        format!(
+                            "unknown candidate {other:?}; known: attn-fwd-skip, \
+                             attn-bwd-prefetch, linear-lt, patch-k64, all, none"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn bits(self) -> usize {
+        usize::from(self.attention_forward_skip_padding)
+            | usize::from(self.attention_backward_prefetch) << 1
+            | usize::from(self.linear_lt) << 2
+            | usize::from(self.patch_embed_k64) << 3
+    }
+
+    fn from_bits(bits: usize) -> KernelCandidates {
+        KernelCandidates {
+            attention_forward_skip_padding: bits & 1 != 0,
+            attention_backward_prefetch: bits & 2 != 0,
+            linear_lt: bits & 4 != 0,
+            patch_embed_k64: bits & 8 != 0,
+        }
+    }
+}
+
+/// `GLIMPSE_CUDA_CANDIDATES` (see [`KernelCandidates::parse`]); a bad value is reported on
+/// stderr and leaves every candidate off.
+fn candidates_from_env() -> KernelCandidates {
+    const VAR: &str = "GLIMPSE_CUDA_CANDIDATES";
+    match std::env::var(VAR) {
+        Err(std::env::VarError::NotPresent) => KernelCandidates::default(),
+        Ok(v) => KernelCandidates::parse(&v).unwrap_or_else(|e| {
+            eprintln!("glimpse-cuda: ignoring {VAR}={v:?}: {e}");
+            KernelCandidates::default()
+        }),
+        Err(e) => {
+            eprintln!("glimpse-cuda: ignoring {VAR}: {e}");
+            KernelCandidates::default()
+        }
+    }
+}
+
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
@@ -112,6 +204,7 @@ pub struct CudaBackend {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     blas: OnceLock<std::result::Result<Mutex<CudaBlas>, String>>,
+    lt: crate::lt::LtCell,
     poison: AtomicBool,
     sync_launches: AtomicBool,
     allow_tf32: AtomicBool,
@@ -122,6 +215,8 @@ pub struct CudaBackend {
     /// Query rows per block of the tensor-core attention forward: 64, 128, or 0 to choose by
     /// shape. Starts as `GLIMPSE_CUDA_ATTN_FWD_ROWS` (64, 128 or auto).
     attention_forward_rows: AtomicUsize,
+    /// [`KernelCandidates`] as bits; starts as `GLIMPSE_CUDA_CANDIDATES`.
+    candidates: AtomicUsize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -183,12 +278,14 @@ impl CudaBackend {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
+            lt: OnceLock::new(),
             poison: AtomicBool::new(env_flag("GLIMPSE_CUDA_POISON")),
             sync_launches: AtomicBool::new(env_flag("GLIMPSE_CUDA_SYNC")),
             allow_tf32: AtomicBool::new(env_flag("GLIMPSE_CUDA_ALLOW_TF32")),
             sm_count,
             smem_optin,
             attention_forward_rows: AtomicUsize::new(attention_forward_rows),
+            candidates: AtomicUsize::new(candidates_from_env().bits()),
         })
     }
 
@@ -268,6 +365,18 @@ impl CudaBackend {
             0 => None,
             r => Some(r),
         }
+    }
+
+    /// Turns kernel candidates on or off (see [`KernelCandidates`]; all off unless
+    /// `GLIMPSE_CUDA_CANDIDATES` says otherwise). For benchmarks and tests that compare a
+    /// candidate with the kernel it would replace.
+    pub fn set_kernel_candidates(&self, candidates: KernelCandidates) {
+        self.candidates.store(candidates.bits(), Ordering::Relaxed);
+    }
+
+    /// The kernel candidates in use.
+    pub fn kernel_candidates(&self) -> KernelCandidates {
+        KernelCandidates::from_bits(self.candidates.load(Ordering::Relaxed))
     }
 
     /// Waits until every queued operation has finished, reporting asynchronous errors.
@@ -461,6 +570,21 @@ impl CudaBackend {
             guard("cuBLAS", move || CudaBlas::new(stream))?
                 .map(Mutex::new)
                 .map_err(|e| format!("creating the cuBLAS handle: {e:?}"))
+        });
+        match cell {
+            Ok(m) => Ok(lock(m)),
+            Err(e) => Err(Error::backend("cuda", e.clone())),
+        }
+    }
+
+    /// The device's cuBLASLt handle and workspace (created at first use).
+    pub(crate) fn lt(&self) -> Result<MutexGuard<'_, crate::lt::LtHandle>> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| drv("binding the context", e))?;
+        let cell = self.lt.get_or_init(|| {
+            library_present(Library::CublasLt)?;
+            guard("cuBLASLt", || crate::lt::LtHandle::new(self))?.map(Mutex::new)
         });
         match cell {
             Ok(m) => Ok(lock(m)),
@@ -681,6 +805,11 @@ impl Backend for CudaBackend {
         if !matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) {
             return glimpse_tensor::compose::linear(x, weight, bias);
         }
+        if self.kernel_candidates().linear_lt
+            && let Some(y) = crate::lt::linear(self, x, weight, b)?
+        {
+            return Ok(y);
+        }
         let (m, n) = (x.dims()[0], weight.dims()[0]);
         // c is (M, N): the bias broadcast over the rows, made contiguous.
         let rows = b
@@ -767,5 +896,35 @@ impl Backend for CudaBackend {
         d_loss: &Tensor,
     ) -> Result<ContrastiveGrads> {
         fused::contrastive_loss_backward(self, image, text, scale, saved, d_loss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelCandidates;
+
+    #[test]
+    fn kernel_candidate_lists_parse() {
+        let none = KernelCandidates::default();
+        for list in ["", " ", "none", "all,none"] {
+            assert_eq!(KernelCandidates::parse(list).unwrap(), none, "{list:?}");
+        }
+        assert_eq!(
+            KernelCandidates::parse("all").unwrap(),
+            KernelCandidates::ALL
+        );
+        assert_eq!(
+            KernelCandidates::parse(" attn-bwd-prefetch ,attn-fwd-skip,linear-lt,patch-k64")
+                .unwrap(),
+            KernelCandidates::ALL
+        );
+        let skip = KernelCandidates::parse("attn-fwd-skip,").unwrap();
+        assert!(skip.attention_forward_skip_padding);
+        assert!(!skip.attention_backward_prefetch && !skip.linear_lt && !skip.patch_embed_k64);
+        let err = KernelCandidates::parse("attn-fwd-skip,wgmma").unwrap_err();
+        assert!(err.to_string().contains("\"wgmma\""), "{err}");
+        for c in [none, skip, KernelCandidates::ALL] {
+            assert_eq!(KernelCandidates::from_bits(c.bits()), c);
+        }
     }
 }

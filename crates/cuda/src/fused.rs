@@ -86,9 +86,11 @@ fn contrastive_tiles(be: &CudaBackend, mma: bool) -> (&'static str, u32) {
         ("mma32", CT_TILE_SMEM_BYTES)
     }
 }
-/// Dynamic shared memory of both patch-embedding kernels (`PE_SMEM_BYTES`): 4 pipeline
-/// stages of 128 + 128 rows of 40 halves.
+/// Dynamic shared memory of the patch-embedding kernels `mma` and `simt` (`PE_SMEM_BYTES`: 4
+/// pipeline stages of 128 + 128 rows of 40 halves) and of the candidate `mma64`
+/// (`PE_SMEM64_BYTES`: 3 stages of rows of 72 halves).
 const PE_SMEM_BYTES: u32 = (4 * (128 + 128) * 40 * 2) as u32;
+const PE_SMEM64_BYTES: u32 = (3 * (128 + 128) * 72 * 2) as u32;
 /// Largest strip of contrastive gradient weights the backward holds at once.
 const CT_STRIP_BYTES: usize = 256 << 20;
 
@@ -479,9 +481,14 @@ pub(crate) fn attention(
     let tiles = nq.div_ceil(rows);
     let blocks = bsz * heads * tiles;
     let (name, cfg) = if mma {
-        let kernel = if rows == 128 { "mma2" } else { "mma" };
+        let tiling = if rows == 128 { "mma2" } else { "mma" };
+        let skip = if be.kernel_candidates().attention_forward_skip_padding {
+            "_skip"
+        } else {
+            ""
+        };
         (
-            format!("attention_fwd_{kernel}_d{d}_{}", suffix(dtype)),
+            format!("attention_fwd_{tiling}{skip}_d{d}_{}", suffix(dtype)),
             cfg_1d(blocks, ATTN_MMA_THREADS, attn_mma_smem(d, rows)),
         )
     } else {
@@ -528,8 +535,8 @@ pub(crate) fn attention(
         b.arg(&scale_log2);
         b.arg(&causal);
         b.arg(&tiles32);
-        // SAFETY: attention_fwd_mma{,2}_d<D>_<dt>(q, k, v, key_mask, out, lse, int H, int Nq,
-        // int Nk, 9 x long long strides, float scale_log2, int causal, int q_tiles) and
+        // SAFETY: attention_fwd_mma{,2}{,_skip}_d<D>_<dt>(q, k, v, key_mask, out, lse, int H,
+        // int Nq, int Nk, 9 x long long strides, float scale_log2, int causal, int q_tiles) and
         // attention_fwd_simt_<dt>(same, with int D, int Dv after Nk): q, k, v are
         // (B, H, N, D) views of dtype <dt> from their offsets whose strides are passed (last
         // dimension contiguous; for the mma kernel D == Dv == <D> and rows 16-byte aligned,
@@ -629,7 +636,14 @@ pub(crate) fn attention_backward(
     {
         let (name, key_block, threads, smem) = if mma {
             (
-                format!("attention_bwd_mma_d{d}_{sfx}"),
+                format!(
+                    "attention_bwd_mma{}_d{d}_{sfx}",
+                    if be.kernel_candidates().attention_backward_prefetch {
+                        "_pf"
+                    } else {
+                        ""
+                    }
+                ),
                 ATTN_MMA_BC,
                 ATTN_MMA_THREADS,
                 attn_bwd_mma_smem(d),
@@ -682,7 +696,7 @@ pub(crate) fn attention_backward(
         // SAFETY: attention_bwd_simt_<dt>(q, k, v, dout, const float* lse, const float* delta,
         // const unsigned* key_mask, float* dq_acc, T* dk, T* dv, int H, int Nq, int Nk, int D,
         // int Dv, 12 x long long strides, float scale, int causal, int k_tiles) and
-        // attention_bwd_mma_d<D>_<dt>(same without int D, int Dv): q, k, v, dout
+        // attention_bwd_mma{,_pf}_d<D>_<dt>(same without int D, int Dv): q, k, v, dout
         // are (B, H, N, D) views of <dt> with their strides (last dim contiguous; for the mma
         // kernel D == Dv == <D> and rows 16-byte aligned, aligned_rows); lse is the
         // contiguous (B, H, Nq) f32 copy, delta the prep kernel's output, key_mask the
@@ -776,13 +790,17 @@ pub(crate) fn patch_embed(
         .as_ref()
         .map(Tensor::contiguous)
         .transpose()?;
-    let name = format!(
-        "patch_embed_{}_{}",
-        if mma { "mma" } else { "simt" },
-        suffix(dtype)
-    );
+    let k64 = mma
+        && be.kernel_candidates().patch_embed_k64
+        && be.max_shared_memory_per_block() >= PE_SMEM64_BYTES as usize;
+    let (kind, smem) = match (mma, k64) {
+        (true, true) => ("mma64", PE_SMEM64_BYTES),
+        (true, false) => ("mma", PE_SMEM_BYTES),
+        (false, _) => ("simt", PE_SMEM_BYTES),
+    };
+    let name = format!("patch_embed_{kind}_{}", suffix(dtype));
     let f = be.function("patch_embed.cu", &name)?;
-    allow_smem(&f, PE_SMEM_BYTES)?;
+    allow_smem(&f, smem)?;
     let mut out = be.alloc_data(dtype, bsz * rows * e)?;
     {
         let (iv, wv) = (view(&img)?, view(&wt)?);
@@ -815,15 +833,17 @@ pub(crate) fn patch_embed(
         }
         b.arg(&m64);
         b.arg(&cls32);
-        let cfg = cfg_1d(blocks, TILE_THREADS, PE_SMEM_BYTES);
-        // SAFETY: patch_embed_{mma,simt}_<dt>(const T* img, long long sb, sc, sh, const T* w,
+        let cfg = cfg_1d(blocks, TILE_THREADS, smem);
+        // SAFETY: patch_embed_{mma,mma64,simt}_<dt>(const T* img, long long sb, sc, sh, const T* w,
         // const T* bias, const T* cls, const T* pos, T* out, int C, int P, int gw, int E,
         // int npatch, long long M, int has_cls): img is the (B, C, H, W) view of <dt> with
         // unit W stride and its other strides passed (for mma, rows 16-byte aligned and
         // P % 8 == 0); w is the contiguous (E, C*P*P) weight, bias / cls (E) and pos
         // (rows, E) contiguous of <dt> or null (shapes checked by the tensor crate); out is a
         // fresh (B, rows, E) buffer; ceil(M/128) * ceil(E/128) blocks of 256 threads with
-        // PE_SMEM_BYTES of dynamic shared memory, each writing its tile and class rows.
+        // the kernel's dynamic shared memory (PE_SMEM64_BYTES for mma64, which runs only where
+        // the device allows that much; PE_SMEM_BYTES otherwise), each writing its tile and
+        // class rows.
         let launched = unsafe { b.launch(cfg) }.map(|_| ());
         be.check_launch(&name, launched)?;
     }

@@ -1,6 +1,6 @@
 //! glimpse-cuda: the CUDA backend of glimpse.
 //!
-//! * The driver, NVRTC and cuBLAS are loaded at run time (cudarc's `dynamic-loading`), so the
+//! * The driver, NVRTC, cuBLAS and cuBLASLt are loaded at run time (cudarc's `dynamic-loading`), so the
 //!   crate builds and its tests run without a CUDA toolkit; on a machine without CUDA,
 //!   [`device`] returns an error and [`is_available`] is false (never a panic).
 //! * Kernels are hand-written CUDA C++ in `kernels/cuda/*.cu` (the `glimpse-kernels` crate),
@@ -9,10 +9,14 @@
 //!   (`f64` is not supported). Half types are computed in f32 and stored in half.
 //! * Matrix products go through cuBLAS (`cublasGemmStridedBatchedEx`, f32 compute, TF32 off
 //!   unless `GLIMPSE_CUDA_ALLOW_TF32=1` or [`CudaBackend::set_allow_tf32`]).
+//! * Kernels written but not yet run on a GPU are [`KernelCandidates`], off unless
+//!   `GLIMPSE_CUDA_CANDIDATES` (`all`, or a comma-separated list) or
+//!   [`CudaBackend::set_kernel_candidates`] turns them on.
 //!
 //! Environment: `GLIMPSE_CUDA_POISON=1` fills every fresh allocation with 0xFF bytes (NaN) and
 //! synchronises after every kernel, `GLIMPSE_CUDA_SYNC=1` only synchronises (errors are then
-//! reported by the op that caused them). Both are read when a device is first opened.
+//! reported by the op that caused them); `GLIMPSE_CUDA_ATTN_FWD_ROWS` and
+//! `GLIMPSE_CUDA_CANDIDATES` choose kernels. All are read when a device is first opened.
 //!
 //! ```no_run
 //! use glimpse_tensor::{DType, Tensor};
@@ -27,12 +31,13 @@
 mod backend;
 mod fused;
 mod klayout;
+mod lt;
 mod matmul;
 mod nvrtc;
 mod ops;
 mod storage;
 
-pub use backend::CudaBackend;
+pub use backend::{CudaBackend, KernelCandidates};
 pub use nvrtc::{Library, compile_to_ptx, library_present};
 pub use storage::{CudaData, CudaStorage, cuda_storage, storage_of};
 

@@ -21,6 +21,8 @@ pub enum Library {
     Nvrtc,
     /// cuBLAS, `libcublas.so.13` (CUDA toolkit or the `nvidia-cublas` wheel).
     Cublas,
+    /// cuBLASLt, `libcublasLt.so.13` (beside cuBLAS, which uses it).
+    CublasLt,
 }
 
 impl Library {
@@ -29,6 +31,7 @@ impl Library {
             Library::Driver => "libcuda",
             Library::Nvrtc => "libnvrtc",
             Library::Cublas => "libcublas",
+            Library::CublasLt => "libcublasLt",
         }
     }
 }
@@ -51,10 +54,12 @@ pub fn library_present(lib: Library) -> std::result::Result<(), String> {
     static DRIVER: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     static NVRTC: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     static CUBLAS: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    static CUBLASLT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let (cell, probe): (_, unsafe fn() -> bool) = match lib {
         Library::Driver => (&DRIVER, cudarc::driver::sys::is_culib_present),
         Library::Nvrtc => (&NVRTC, cudarc::nvrtc::sys::is_culib_present),
         Library::Cublas => (&CUBLAS, cudarc::cublas::sys::is_culib_present),
+        Library::CublasLt => (&CUBLASLT, cudarc::cublaslt::sys::is_culib_present),
     };
     cell.get_or_init(|| {
         // SAFETY: the probe only tries to dlopen the library under its usual names and

@@ -7,13 +7,262 @@
 //! `GLIMPSE_REQUIRE_CUDA=1` makes a missing device a failure; `GLIMPSE_CUDA_TESTS_ON_CPU=1`
 //! runs the checks on the CPU device to check the checks.
 
-use glimpse_tensor::{AttentionOptions, DType, PatchEmbedOptions, Tensor};
+use glimpse_cuda::{CudaBackend, KernelCandidates};
+use glimpse_tensor::{AttentionOptions, DType, Device, PatchEmbedOptions, Tensor};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 
 mod common;
 
-use common::gpu;
+use common::{Gen, any_of, assert_close_scaled, gpu, run_cases, tol, values};
 
 glimpse_testkit::fused_tests!(common::target);
+
+// ------------------------------------------------------------------------ kernel candidates
+
+/// For the tests of kernel candidates: the GPU device and its backend, whose kernel choices
+/// `body` may change and which are put back afterwards. Under `GLIMPSE_CUDA_TESTS_ON_CPU`
+/// there is no backend to switch (`None`): both sides of each comparison are then the CPU's,
+/// which checks the test itself.
+fn with_kernel_choices(test: &str, body: impl FnOnce(&Device, Option<&CudaBackend>)) {
+    let Some(dev) = gpu(test) else {
+        return;
+    };
+    let be = glimpse_cuda::backend(0).ok();
+    let be = be.as_deref();
+    let saved = be.map(|be| (be.kernel_candidates(), be.attention_forward_rows()));
+    body(&dev, be);
+    if let (Some(be), Some((candidates, rows))) = (be, saved) {
+        be.set_kernel_candidates(candidates);
+        be.set_attention_forward_rows(rows).unwrap();
+    }
+}
+
+/// Turns exactly `candidates` on, where there is a backend.
+fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
+    if let Some(be) = be {
+        be.set_kernel_candidates(candidates);
+    }
+}
+
+/// The attention candidates (`attn-fwd-skip`, `attn-bwd-prefetch`) against the kernels they
+/// would replace, on the same GPU inputs. The attention forward that skips padding must give the same
+/// bits as the one that computes and masks it (every skipped probability is exactly 0), and the
+/// prefetching backward the same dK and dV bits (the same products in the same order) and dQ
+/// within rounding (its f32 atomics land in any order in both). Shapes around the tile sizes,
+/// both forward tilings, causal and key-padding masks, head-split (strided) inputs, both half
+/// types, every tensor-core head dim, positive and negative scales.
+#[test]
+fn attention_candidates_match_the_kernels_they_would_replace() {
+    let name = "attention_candidates_match_the_kernels_they_would_replace";
+    with_kernel_choices(name, |dev, be| attention_candidates(name, dev, be));
+}
+
+fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
+    let lengths = || {
+        prop_oneof![
+            prop::sample::select(vec![1usize, 63, 64, 65, 127, 128, 129, 197]),
+            1..=260usize
+        ]
+    };
+    let strategy = (
+        (1..=2usize, 1..=3usize, lengths(), lengths()),
+        (
+            any_of(&[DType::F16, DType::BF16]),
+            prop::sample::select(vec![32usize, 64, 80, 128]),
+        ),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            prop::sample::select(vec![64usize, 128]),
+        ),
+        (
+            prop::sample::select(vec![None, Some(0.3), Some(-0.3)]),
+            any::<u64>(),
+        ),
+    );
+    run_cases(name, dev, 32, strategy, |dev, case| {
+        let ((b, h, nq, nk), (dtype, d), (causal, masked, rows), (scale, seed)) = case;
+        // (B, N, H, D) projections seen as (B, H, N, D), as a model makes them.
+        let heads = |n: usize, seed: u64| {
+            Tensor::rand_normal(0.0, 1.0, [b, n, h, d], dtype, seed, dev)
+                .and_then(|t| t.permute(&[0, 2, 1, 3]))
+                .unwrap()
+        };
+        let (q, k, v) = (heads(nq, seed), heads(nk, seed ^ 1), heads(nk, seed ^ 2));
+        let d_out = Tensor::rand_normal(0.0, 1.0, [b, h, nq, d], dtype, seed ^ 3, dev).unwrap();
+        let mut g = Gen::new(seed);
+        let key_padding_mask = masked.then(|| {
+            let m: Vec<u32> = (0..b * nk).map(|_| u32::from(g.below(4) != 0)).collect();
+            Tensor::from_vec(m, [b, nk], dev).unwrap()
+        });
+        let opts = AttentionOptions {
+            scale,
+            causal,
+            key_padding_mask,
+        };
+        if let Some(be) = be {
+            be.set_attention_forward_rows(Some(rows)).unwrap();
+        }
+        let run = |candidates| {
+            use_candidates(be, candidates);
+            let fwd = Tensor::attention(&q, &k, &v, &opts).unwrap();
+            let grads = Tensor::attention_backward(&q, &k, &v, &fwd, &d_out, &opts).unwrap();
+            (fwd, grads)
+        };
+        let (fwd0, grads0) = run(KernelCandidates::default());
+        let (fwd1, grads1) = run(KernelCandidates {
+            attention_forward_skip_padding: true,
+            attention_backward_prefetch: true,
+            ..KernelCandidates::default()
+        });
+        let exact = |what: &str, got: &Tensor, want: &Tensor| -> Result<(), TestCaseError> {
+            prop_assert_eq!(
+                values(got),
+                values(want),
+                "{} differs from the kernel it replaces",
+                what
+            );
+            Ok(())
+        };
+        exact("attention out (attn-fwd-skip)", &fwd1.out, &fwd0.out)?;
+        exact("attention lse (attn-fwd-skip)", &fwd1.lse, &fwd0.lse)?;
+        exact("dk (attn-bwd-prefetch)", &grads1.dk, &grads0.dk)?;
+        exact("dv (attn-bwd-prefetch)", &grads1.dv, &grads0.dv)?;
+        // dQ: the same f32 sums in another order, rounded once to the dtype.
+        let want = values(&grads0.dq);
+        let largest = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        assert_close_scaled(
+            &values(&grads1.dq),
+            &want,
+            &[1e-3 * largest],
+            tol(dtype),
+            "dq (attn-bwd-prefetch)",
+        );
+        Ok(())
+    });
+}
+
+/// The `patch-k64` candidate (the tensor-core patch embedding in K steps of 64) against the
+/// default (steps of 32): the same mma.sync products in the same order of K, so the same
+/// bits. Patch sizes 8 to 32, images with pixels no patch covers, with and without the class
+/// row, both half types, embedding widths around the 128-wide tiles.
+#[test]
+fn patch_embed_k64_gives_the_bits_of_the_default() {
+    let name = "patch_embed_k64_gives_the_bits_of_the_default";
+    with_kernel_choices(name, |dev, be| patch_embed_k64(name, dev, be));
+}
+
+fn patch_embed_k64(name: &str, dev: &Device, be: Option<&CudaBackend>) {
+    let strategy = (
+        (
+            1..=3usize,
+            1..=4usize,
+            prop::sample::select(vec![8usize, 16, 24, 32]),
+        ),
+        (1..=4usize, 1..=4usize, 0..8usize),
+        (
+            prop::sample::select(vec![8usize, 64, 128, 200, 768]),
+            any::<bool>(),
+        ),
+        (any_of(&[DType::F16, DType::BF16]), any::<u64>()),
+    );
+    run_cases(name, dev, 24, strategy, |dev, case| {
+        let ((b, c, p), (gh, gw, extra), (e, class_row), (dtype, seed)) = case;
+        let rand =
+            |shape: &[usize], seed| Tensor::rand_normal(0.0, 1.0, shape, dtype, seed, dev).unwrap();
+        let images = rand(&[b, c, gh * p + extra, gw * p + extra], seed);
+        let weight = rand(&[e, c, p, p], seed ^ 1);
+        let bias = rand(&[e], seed ^ 2);
+        let rows = gh * gw + usize::from(class_row);
+        let opts = PatchEmbedOptions {
+            patch_size: p,
+            class_embedding: class_row.then(|| rand(&[e], seed ^ 3)),
+            position_embedding: Some(rand(&[rows, e], seed ^ 4)),
+        };
+        let run = |patch_embed_k64| {
+            use_candidates(
+                be,
+                KernelCandidates {
+                    patch_embed_k64,
+                    ..KernelCandidates::default()
+                },
+            );
+            Tensor::patch_embed(&images, &weight, Some(&bias), &opts).unwrap()
+        };
+        let (want, got) = (run(false), run(true));
+        prop_assert_eq!(
+            values(&got),
+            values(&want),
+            "patch-k64 differs from the default"
+        );
+        Ok(())
+    });
+}
+
+/// The `linear-lt` candidate (bias added in cuBLASLt's epilogue) against the default `linear`
+/// (bias rows accumulated onto by cuBLAS), on the same GPU inputs: within two roundings of the
+/// dtype, scaled by the size of the terms (sum |x| |w| + |b| per element). Row-strided inputs,
+/// biases at unaligned offsets (copied), transposed weights (not taken: the default runs).
+#[test]
+fn linear_lt_matches_the_default_linear() {
+    let name = "linear_lt_matches_the_default_linear";
+    with_kernel_choices(name, |dev, be| linear_lt(name, dev, be));
+}
+
+fn linear_lt(name: &str, dev: &Device, be: Option<&CudaBackend>) {
+    let dims = || {
+        prop_oneof![
+            prop::sample::select(vec![1usize, 8, 63, 64, 768]),
+            1..=300usize
+        ]
+    };
+    let strategy = (
+        (dims(), dims(), dims()),
+        any_of(&[DType::F32, DType::F16, DType::BF16]),
+        (0..3usize, 0..3usize, any::<bool>(), any::<u64>()),
+    );
+    run_cases(name, dev, 32, strategy, |dev, case| {
+        let ((m, k, n), dtype, (x_pad, b_off, w_t, seed)) = case;
+        let rand =
+            |shape: &[usize], seed| Tensor::rand_normal(0.0, 1.0, shape, dtype, seed, dev).unwrap();
+        // x with x_pad extra columns (row stride k + pad), the bias from offset b_off.
+        let x = rand(&[m, k + x_pad], seed).narrow(1, x_pad, k).unwrap();
+        let w = if w_t {
+            rand(&[k, n], seed ^ 1).t().unwrap()
+        } else {
+            rand(&[n, k], seed ^ 1)
+        };
+        let b = rand(&[n + b_off], seed ^ 2).narrow(0, b_off, n).unwrap();
+        let run = |linear_lt| {
+            use_candidates(
+                be,
+                KernelCandidates {
+                    linear_lt,
+                    ..KernelCandidates::default()
+                },
+            );
+            x.linear(&w, Some(&b)).unwrap()
+        };
+        let (want, got) = (run(false), run(true));
+        prop_assert_eq!(got.dims(), &[m, n][..]);
+        prop_assert_eq!(got.dtype(), dtype);
+        let f32 = |t: &Tensor| t.abs().unwrap().to_dtype(DType::F32).unwrap();
+        let size = f32(&x)
+            .matmul(&f32(&w).t().unwrap())
+            .unwrap()
+            .add(&f32(&b))
+            .unwrap();
+        assert_close_scaled(
+            &values(&got),
+            &values(&want),
+            &values(&size),
+            tol(dtype),
+            &format!("linear-lt {dtype} m {m} k {k} n {n}"),
+        );
+        Ok(())
+    });
+}
 
 // ---------------------------------------------------------------------------------- timings
 
