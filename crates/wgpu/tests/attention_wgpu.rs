@@ -13,7 +13,7 @@ mod common;
 
 use common::{Gen, cpu, tensor, wgpu};
 use glimpse_tensor::{AttentionOptions, AttentionOutput, DType, Device, Tensor};
-use glimpse_testkit::suite::fused::close;
+use glimpse_testkit::suite::fused::{attention_grad_atols, close};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -266,12 +266,7 @@ fn check_backward(dev: &Device, c: &Case, own_forward: bool) -> Result<(), TestC
     let want = Tensor::attention_backward(q0, k0, v0, &fwd0, &g0, &x.opts_cpu).unwrap();
     let got = Tensor::attention_backward(q1, k1, v1, &fwd1, &g1, &x.opts_dev).unwrap();
     let (rtol, atol) = tol(c.dtype);
-    // Each gradient element sums up to max(Nq, Nk) rounded terms. dk can be all cancellation
-    // besides (one key: dS = P (dP - delta) is zero up to rounding, so the CPU's dk is pure
-    // noise, each term carrying the rounding of a length-D or Dv dot product), so its floor
-    // also grows with the dot-product length.
-    let atol_dk = atol * ((c.nq.max(c.nk).max(1) * c.d.max(c.dv)) as f64).sqrt();
-    let atol = atol * (c.nq.max(c.nk).max(1) as f64).sqrt();
+    let (atol, atol_dk) = attention_grad_atols(atol, c.nq, c.nk, c.d, c.dv);
     // From its own forward the device's out may differ from the CPU's by an f16 rounding.
     let rtol = if own_forward && c.dtype == DType::F16 {
         2.0 * rtol

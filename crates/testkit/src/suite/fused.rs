@@ -80,6 +80,19 @@ fn tols(t: &Target, dtype: DType) -> (f64, f64) {
     (rtol * f, atol * f)
 }
 
+/// The absolute floors `(dq and dv, dk)` of an attention-gradient comparison, from the
+/// per-element `atol` of the dtype. Each gradient element sums up to max(Nq, Nk) rounded
+/// terms. dk can be all cancellation besides (one key: dS = P (dP - delta) is zero up to
+/// rounding, so the CPU's dk is pure noise, each term carrying the rounding of a length-D or
+/// Dv dot product), so its floor also grows with the dot-product length.
+pub fn attention_grad_atols(atol: f64, nq: usize, nk: usize, d: usize, dv: usize) -> (f64, f64) {
+    let terms = nq.max(nk).max(1) as f64;
+    (
+        atol * terms.sqrt(),
+        atol * (terms * d.max(dv) as f64).sqrt(),
+    )
+}
+
 /// Compares the device's result with the CPU's (see the module docs): same dims and dtype, no
 /// NaN where the CPU has none, equal infinities, and `||device - cpu|| <= rtol ||cpu|| + atol
 /// sqrt(n)` over the finite elements.
@@ -504,12 +517,7 @@ fn check_attention_backward(t: &Target, c: &AttnCase) -> Result<(), TestCaseErro
     let want = Tensor::attention_backward(q0, k0, v0, &fwd, &g0, &x.opts_cpu).unwrap();
     let got = Tensor::attention_backward(q1, k1, v1, &fwd_gpu, &g1, &x.opts_gpu).unwrap();
     let (rtol, atol) = tols(t, c.dtype);
-    // Each gradient element sums up to max(Nq, Nk) rounded terms. dk can be all cancellation
-    // besides (one key: dS = P (dP - delta) is zero up to rounding, so the CPU's dk is pure
-    // noise, each term carrying the rounding of a length-D or Dv dot product), so its floor
-    // also grows with the dot-product length.
-    let atol_dk = atol * ((c.nq.max(c.nk).max(1) * c.d.max(c.dv)) as f64).sqrt();
-    let atol = atol * (c.nq.max(c.nk).max(1) as f64).sqrt();
+    let (atol, atol_dk) = attention_grad_atols(atol, c.nq, c.nk, c.d, c.dv);
     close("dq", &got.dq, &want.dq, rtol, atol)?;
     close("dk", &got.dk, &want.dk, rtol, atol_dk)?;
     close("dv", &got.dv, &want.dv, rtol, atol)

@@ -675,11 +675,22 @@ pub fn is_unnamed_colour(rgb: [f32; 3]) -> bool {
         return false;
     }
     saturation < UNNAMED_MAX_GREY_SATURATION
-        || Colour::ALL.iter().all(|named| {
-            let (named_hue, _, _) = hsv(named.rgb().map(f32::from));
+        || named_hues().iter().all(|&named_hue| {
             let gap = (hue - named_hue).abs();
             gap.min(360.0 - gap) >= UNNAMED_MIN_HUE_GAP
         })
+}
+
+/// The hue of every named colour (computed once: `unnamed_colour` asks about five times per
+/// sample).
+fn named_hues() -> &'static [f32] {
+    static HUES: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    HUES.get_or_init(|| {
+        Colour::ALL
+            .iter()
+            .map(|c| hsv(c.rgb().map(f32::from)).0)
+            .collect()
+    })
 }
 
 /// A random [`is_unnamed_colour`] colour, uniform over that part of the RGB cube by
