@@ -158,6 +158,13 @@ __device__ __forceinline__ int at_kv_end(int causal, int q0, int rows, int Nq, i
 
 #define AT_MMA_BC 64
 #define AT_MMA_THREADS 128
+// Keys per tile of the forward with MT row tiles per warp: 64, or 32 where 64 would spill
+// (MT = 2 at D = 128).
+#define AT_FWD_MMA_BC(D, MT) ((MT) == 2 && (D) >= 128 ? 32 : AT_MMA_BC)
+// Dynamic shared memory of the tensor-core forward (the layout at the top of at_fwd_mma).
+// The host launches with the same figure (fused.rs: attn_mma_smem); an NVRTC test compares
+// the two.
+#define AT_FWD_MMA_SMEM(D, BQ, BC) (((BQ) + 4 * (BC)) * ((D) + 8) * 2 + 2 * (BC) * 4)
 
 // MT is the number of 16-row tiles each warp owns (block rows BQ = 64 * MT). Two tiles per
 // warp let every K and V fragment read from shared memory (ldmatrix) feed two mma.sync
@@ -184,6 +191,8 @@ __device__ __forceinline__ void at_fwd_mma(
     unsigned short* Ks = Qs + BQ * LD;              // [2][BC][LD]
     unsigned short* Vs = Ks + 2 * BC * LD;          // [2][BC][LD]
     float* kval = (float*)(Vs + 2 * BC * LD);       // [2][BC]: 1 = key kept, 0 = masked/out
+    static_assert((BQ + 4 * BC) * LD * 2 + 2 * BC * 4 == AT_FWD_MMA_SMEM(D, BQ, BC),
+                  "the layout above is AT_FWD_MMA_SMEM");
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, tig = lane & 3;
@@ -467,10 +476,10 @@ __device__ __forceinline__ void at_fwd_mma(
                                        q_tiles);                                               \
     }
 #define AT_FWD_MMA(D, SUF, T)                                                                  \
-    AT_FWD_MMA_KERNEL(attention_fwd_mma, D, SUF, T, 1, AT_MMA_BC, false)                       \
-    AT_FWD_MMA_KERNEL(attention_fwd_mma2, D, SUF, T, 2, (D >= 128 ? 32 : AT_MMA_BC), false)    \
-    AT_FWD_MMA_KERNEL(attention_fwd_mma_skip, D, SUF, T, 1, AT_MMA_BC, true)                   \
-    AT_FWD_MMA_KERNEL(attention_fwd_mma2_skip, D, SUF, T, 2, (D >= 128 ? 32 : AT_MMA_BC), true)
+    AT_FWD_MMA_KERNEL(attention_fwd_mma, D, SUF, T, 1, AT_FWD_MMA_BC(D, 1), false)             \
+    AT_FWD_MMA_KERNEL(attention_fwd_mma2, D, SUF, T, 2, AT_FWD_MMA_BC(D, 2), false)            \
+    AT_FWD_MMA_KERNEL(attention_fwd_mma_skip, D, SUF, T, 1, AT_FWD_MMA_BC(D, 1), true)         \
+    AT_FWD_MMA_KERNEL(attention_fwd_mma2_skip, D, SUF, T, 2, AT_FWD_MMA_BC(D, 2), true)
 
 AT_FWD_MMA(32, f16, AtF16)
 AT_FWD_MMA(64, f16, AtF16)
@@ -500,6 +509,11 @@ AT_FWD_MMA(128, bf16, AtBF16)
 // Dynamic shared memory: 4 * 64 * (D + 8) * 2 + 64 * 72 * 2 + 3 * 64 * 4 bytes.
 #define AT_BWD_LDS 72
 #define AT_MMA_BQ 64  // query rows per tile the backward walks
+// Dynamic shared memory of the tensor-core backward (the layout at the top of at_bwd_mma;
+// fused.rs: attn_bwd_mma_smem).
+#define AT_BWD_MMA_SMEM(D) \
+    ((2 * AT_MMA_BC + 2 * AT_MMA_BQ) * ((D) + 8) * 2 + AT_MMA_BQ * AT_BWD_LDS * 2 + \
+     (2 * AT_MMA_BQ + AT_MMA_BC) * 4)
 
 // The backward's query tile i0: Q and dO rows into Qs / Gs (cp.async, one commit group; zeros
 // past Nq), lse in the log2 domain into lse_s and delta into del_s (plain stores).
@@ -550,6 +564,9 @@ __device__ __forceinline__ void at_bwd_mma(
     float* lse_s = (float*)(dSs + BQ * LDS);        // [BQ]: lse log2e, +inf = no contribution
     float* del_s = lse_s + BQ;                      // [BQ]
     float* kval = del_s + BQ;                       // [BC]: 1 = key kept, 0 = masked/out
+    static_assert((2 * BC + 2 * BQ) * LD * 2 + BQ * LDS * 2 + (2 * BQ + BC) * 4 ==
+                      AT_BWD_MMA_SMEM(D),
+                  "the layout above is AT_BWD_MMA_SMEM");
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, tig = lane & 3;
@@ -786,6 +803,14 @@ AT_BWD_MMA(128, bf16, AtBF16)
 #define AT_SIMT_THREADS 128
 #define AT_SIMT_MAXD 128
 #define AT_SIMT_PER (AT_SIMT_MAXD / 4)
+// Dynamic shared memory of the CUDA-core forward and backward for head dims D and Dv (the
+// layouts at the top of at_fwd_simt and at_bwd_simt; fused.rs: attn_simt_smem,
+// attn_bwd_smem).
+#define AT_SIMT_FWD_SMEM(D, DV) \
+    ((AT_SIMT_B * ((D) + 1) * 2 + AT_SIMT_B * ((DV) + 1) + AT_SIMT_B * 33 + AT_SIMT_B) * 4)
+#define AT_SIMT_BWD_SMEM(D, DV)                                                            \
+    ((AT_SIMT_B * (2 * ((D) + 1) + 2 * ((DV) + 1)) + 2 * AT_SIMT_B * 33 + 3 * AT_SIMT_B) * \
+     4)
 
 template <class T>
 __device__ __forceinline__ void at_fwd_simt(

@@ -18,7 +18,9 @@
 //!   pinned versions).
 //! * `kernel-check` compiles every CUDA source with NVRTC for sm_80 and sm_90, on a machine
 //!   without a GPU: NVRTC comes from the PyPI package `nvidia-cuda-nvrtc` in a venv
-//!   (`target/nvrtc-venv`, or the Python in `$GLIMPSE_NVRTC_PYTHON`). Any compile error fails.
+//!   (`target/nvrtc-venv`, or the Python in `$GLIMPSE_NVRTC_PYTHON`). Any compile error fails,
+//!   and so does a kernel whose shared-memory layout differs from what the host launches it
+//!   with.
 //! * `gpu-bundle [DIR]` builds, here, the CUDA test binaries and the benchmark binary in
 //!   release into one folder (default `target/gpu-bundle`) with a `run.sh` that, on a GPU
 //!   machine without a Rust toolchain, runs every CUDA test, then the benchmarks, then the same
@@ -199,7 +201,8 @@ fn venv_python(env_var: &str, dir: &str, install: &[&str]) -> Result<PathBuf, St
 /// The NVRTC of CUDA 13.0 (the API level glimpse-cuda is built for) from PyPI.
 const NVRTC_PACKAGE: &str = "nvidia-cuda-nvrtc==13.0.88";
 
-/// `cargo xtask kernel-check`: every CUDA source through NVRTC for sm_80 and sm_90.
+/// `cargo xtask kernel-check`: every CUDA source through NVRTC for sm_80 and sm_90, and the
+/// host's shared-memory sizes against the kernels' (glimpse-cuda's `nvrtc_*` tests).
 fn kernel_check() -> Result<(), String> {
     let python = venv_python(
         "GLIMPSE_NVRTC_PYTHON",
@@ -228,7 +231,8 @@ fn kernel_check() -> Result<(), String> {
             "test",
             "-p",
             "glimpse-cuda",
-            "nvrtc_compiles_every_kernel",
+            // nvrtc_compiles_every_kernel and nvrtc_host_shared_memory_sizes_match_the_kernels
+            "nvrtc_",
             "--",
             "--nocapture",
         ])

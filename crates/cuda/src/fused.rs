@@ -1165,3 +1165,85 @@ pub(crate) fn contrastive_loss_backward(
             .to_dtype(scale.dtype())?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dynamic shared memory the host launches each kernel with, against what the kernel
+    /// source says it lays out (its macros, evaluated by NVRTC; no GPU needed). A mismatch
+    /// would let a kernel write past its shared memory, which only a GPU would show.
+    /// Skips without libnvrtc unless `GLIMPSE_REQUIRE_NVRTC=1` (as `cargo xtask
+    /// kernel-check` sets it).
+    #[test]
+    fn nvrtc_host_shared_memory_sizes_match_the_kernels() {
+        if let Err(why) = crate::nvrtc::library_present(crate::nvrtc::Library::Nvrtc) {
+            if std::env::var("GLIMPSE_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+                panic!("GLIMPSE_REQUIRE_NVRTC=1 but libnvrtc is unavailable: {why}");
+            }
+            println!("skipping nvrtc_host_shared_memory_sizes_match_the_kernels: {why}");
+            return;
+        }
+        let larger = |a: &str, b: &str| format!("(({a}) > ({b}) ? ({a}) : ({b}))");
+        let mut probes: Vec<(&str, String, u32)> = vec![
+            ("patch_embed.cu", "PE_SMEM_BYTES".into(), PE_SMEM_BYTES),
+            ("patch_embed.cu", "PE_SMEM64_BYTES".into(), PE_SMEM64_BYTES),
+            // Each contrastive tile kernel is launched with the larger of its pipeline and
+            // the logits tile.
+            (
+                "contrastive.cu",
+                larger("CT_PIPE_BYTES(64)", "CT_TILE_BYTES"),
+                CT_MMA64_SMEM_BYTES,
+            ),
+            (
+                "contrastive.cu",
+                larger("CT_PIPE_BYTES(32)", "CT_TILE_BYTES"),
+                CT_TILE_SMEM_BYTES,
+            ),
+        ];
+        for d in ATTN_MMA_DIMS {
+            for (mt, rows) in [(1, 64), (2, 128)] {
+                let expr = format!("AT_FWD_MMA_SMEM({d}, {rows}, AT_FWD_MMA_BC({d}, {mt}))");
+                probes.push(("attention.cu", expr, attn_mma_smem(d, rows)));
+            }
+            let expr = format!("AT_BWD_MMA_SMEM({d})");
+            probes.push(("attention.cu", expr, attn_bwd_mma_smem(d)));
+        }
+        for (d, dv) in [(1, 1), (8, 24), (40, 40), (64, 128), (128, 128)] {
+            let fwd = format!("AT_SIMT_FWD_SMEM({d}, {dv})");
+            probes.push(("attention.cu", fwd, attn_simt_smem(d, dv)));
+            let bwd = format!("AT_SIMT_BWD_SMEM({d}, {dv})");
+            probes.push(("attention.cu", bwd, attn_bwd_smem(d, dv)));
+        }
+
+        let mut failures = Vec::new();
+        for source in ["patch_embed.cu", "contrastive.cu", "attention.cu"] {
+            let kernel = glimpse_kernels::find(source).expect("a kernel source");
+            let mut text = crate::nvrtc::full_source(kernel);
+            let mine: Vec<_> = probes.iter().filter(|p| p.0 == source).collect();
+            for (i, (_, expr, _)) in mine.iter().enumerate() {
+                text += &format!(
+                    "extern \"C\" __device__ unsigned long long glimpse_probe_{i} = \
+                     (unsigned long long)({expr});\n"
+                );
+            }
+            let ptx = crate::nvrtc::compile_text(source, text, 90)
+                .unwrap_or_else(|e| panic!("{source} with probes: {e}"))
+                .to_src();
+            for (i, (_, expr, host)) in mine.iter().enumerate() {
+                // NVRTC writes `.global .align 8 .u64 glimpse_probe_<i> = <value>;`.
+                let key = format!(" glimpse_probe_{i} = ");
+                let kernel_bytes = ptx
+                    .lines()
+                    .find_map(|l| l.split_once(&key))
+                    .and_then(|(_, v)| v.trim_end_matches(';').trim().parse::<u64>().ok());
+                if kernel_bytes != Some(u64::from(*host)) {
+                    failures.push(format!(
+                        "{source}: {expr} is {kernel_bytes:?} bytes, the host launches with {host}"
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}

@@ -106,9 +106,13 @@ pub fn full_source(source: &KernelSource) -> String {
 /// instance `arch = 90` for an H100). Needs only libnvrtc, no GPU. A compile failure is
 /// [`Error::KernelCompile`] with NVRTC's log; a missing libnvrtc is [`Error::Backend`].
 pub fn compile(source: &KernelSource, arch: u32) -> Result<Ptx> {
+    compile_text(source.name, full_source(source), arch)
+}
+
+/// Compiles `text` (a whole translation unit, named `name` in messages) as [`compile`] does.
+pub(crate) fn compile_text(name: &str, text: String, arch: u32) -> Result<Ptx> {
     library_present(Library::Nvrtc).map_err(|e| Error::backend("cuda", e))?;
-    let text = full_source(source);
-    let opts = options(source.name, arch);
+    let opts = options(name, arch);
     let result = guard("nvrtc", || cudarc::nvrtc::compile_ptx_with_opts(text, opts))
         .map_err(|e| Error::backend("cuda", e))?;
     result.map_err(|e| match e {
@@ -117,7 +121,7 @@ pub fn compile(source: &KernelSource, arch: u32) -> Result<Ptx> {
             options,
             log,
         } => Error::KernelCompile {
-            kernel: source.name.to_string(),
+            kernel: name.to_string(),
             log: format!(
                 "{:?} with options {options:?}:\n{}",
                 nvrtc,
@@ -125,7 +129,7 @@ pub fn compile(source: &KernelSource, arch: u32) -> Result<Ptx> {
             ),
         },
         other => Error::KernelCompile {
-            kernel: source.name.to_string(),
+            kernel: name.to_string(),
             log: format!("{other:?}"),
         },
     })
