@@ -21,8 +21,8 @@
 //       host checks this. Fragments by ldmatrix from rows padded to 40 halves.
 //   patch_embed_mma64_{f16,bf16}: the same with K steps of 64 through a 3-stage pipeline
 //       (rows of 72 halves): half the barriers. A candidate (the host uses it only when
-//       asked to, until it has run on a GPU), for devices that allow PE_SMEM64_BYTES (110592)
-//       of shared memory per block.
+//       asked to, until it has run on a GPU), for devices where two blocks of
+//       PE_SMEM64_BYTES (110592) fit a multiprocessor.
 //   patch_embed_simt_{f32,f16,bf16}: CUDA cores, any P and strides: A and B tiles of 16 k
 //       gathered element by element into shared memory (f32), 8 x 8 outputs per thread.
 //   The epilogue adds bias and position rows to the f32 accumulators, rounds once (pairs of

@@ -115,8 +115,8 @@ pub struct KernelCandidates {
     /// read of the output fewer).
     pub linear_lt: bool,
     /// `patch-k64`: the tensor-core patch embedding in K steps of 64 through 3 pipeline
-    /// stages (108 KB of shared memory; devices with less keep the default) instead of 32
-    /// through 4: half the barriers.
+    /// stages (108 KB of shared memory; devices that cannot hold two such blocks keep the
+    /// default) instead of 32 through 4: half the barriers.
     pub patch_embed_k64: bool,
 }
 
@@ -217,6 +217,8 @@ pub struct CudaBackend {
     attention_forward_rows: AtomicUsize,
     /// [`KernelCandidates`] as bits; starts as `GLIMPSE_CUDA_CANDIDATES`.
     candidates: AtomicUsize,
+    /// `linear` products the `linear-lt` candidate ran (the tests check it was used).
+    linear_lt_products: AtomicUsize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -286,6 +288,7 @@ impl CudaBackend {
             smem_optin,
             attention_forward_rows: AtomicUsize::new(attention_forward_rows),
             candidates: AtomicUsize::new(candidates_from_env().bits()),
+            linear_lt_products: AtomicUsize::new(0),
         })
     }
 
@@ -377,6 +380,16 @@ impl CudaBackend {
     /// The kernel candidates in use.
     pub fn kernel_candidates(&self) -> KernelCandidates {
         KernelCandidates::from_bits(self.candidates.load(Ordering::Relaxed))
+    }
+
+    /// How many `linear` products the `linear-lt` candidate has run on this device (it steps
+    /// aside for inputs it does not take): for tests and benchmarks that must know it ran.
+    pub fn linear_lt_products(&self) -> usize {
+        self.linear_lt_products.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_linear_lt(&self) {
+        self.linear_lt_products.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits until every queued operation has finished, reporting asynchronous errors.

@@ -790,9 +790,11 @@ pub(crate) fn patch_embed(
         .as_ref()
         .map(Tensor::contiguous)
         .transpose()?;
+    // Two such blocks per multiprocessor (each with the 1 KB the driver reserves), as the
+    // default keeps: Hopper, not an A100 (164 KB) or Ada (99 KB per block).
     let k64 = mma
         && be.kernel_candidates().patch_embed_k64
-        && be.max_shared_memory_per_block() >= PE_SMEM64_BYTES as usize;
+        && be.max_shared_memory_per_block() >= 2 * (PE_SMEM64_BYTES as usize + 1024);
     let (kind, smem) = match (mma, k64) {
         (true, true) => ("mma64", PE_SMEM64_BYTES),
         (true, false) => ("mma", PE_SMEM_BYTES),
@@ -842,7 +844,7 @@ pub(crate) fn patch_embed(
         // (rows, E) contiguous of <dt> or null (shapes checked by the tensor crate); out is a
         // fresh (B, rows, E) buffer; ceil(M/128) * ceil(E/128) blocks of 256 threads with
         // the kernel's dynamic shared memory (PE_SMEM64_BYTES for mma64, which runs only where
-        // the device allows that much; PE_SMEM_BYTES otherwise), each writing its tile and
+        // a block may have twice that; PE_SMEM_BYTES otherwise), each writing its tile and
         // class rows.
         let launched = unsafe { b.launch(cfg) }.map(|_| ());
         be.check_launch(&name, launched)?;

@@ -12,8 +12,10 @@
 //! leading dimension N, i.e. `y` row-major. The epilogue adds `b[i]` to row i of D, one value
 //! per output feature.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
@@ -26,10 +28,18 @@ use crate::storage::{cuda_storage, with_data};
 /// The workspace cuBLASLt may use per product (its guidance for Hopper; older GPUs use less).
 const WORKSPACE_BYTES: usize = 32 << 20;
 
-/// A cuBLASLt handle and its workspace, created once per device on first use.
+/// What the algorithm heuristic depends on: dtype, compute type (TF32 or not), m, n, k, the
+/// leading dimensions of A and B, and the alignments of A, B and D.
+type PlanKey = (DType, bool, [usize; 5], [u32; 3]);
+
+/// A cuBLASLt handle, its workspace and the algorithms already chosen (the heuristic costs
+/// tens of microseconds of host time; a model asks for the same few shapes again and again),
+/// created once per device on first use.
 pub(crate) struct LtHandle {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
+    /// `None`: cuBLASLt has no algorithm for that key (the default `linear` runs).
+    plans: HashMap<PlanKey, Option<sys::cublasLtMatmulAlgo_t>>,
 }
 
 // SAFETY: the handle is a pointer to cuBLASLt's context, which cuBLASLt allows to be used from
@@ -43,7 +53,11 @@ impl LtHandle {
         // SAFETY: the allocation is never read before cuBLASLt writes it (it is scratch).
         let workspace = unsafe { be.stream().alloc::<u8>(WORKSPACE_BYTES) };
         match workspace {
-            Ok(workspace) => Ok(LtHandle { handle, workspace }),
+            Ok(workspace) => Ok(LtHandle {
+                handle,
+                workspace,
+                plans: HashMap::new(),
+            }),
             Err(e) => {
                 // SAFETY: the handle was just created and is not used anywhere else.
                 let _ = unsafe { lt::destroy_handle(handle) };
@@ -74,6 +88,15 @@ fn lt_err(what: &str, e: lt::CublasError) -> Error {
     Error::backend("cuda", format!("cuBLASLt {what}: {e:?}"))
 }
 
+/// Reports, once per process, why this path stepped aside (the default `linear` then runs).
+fn step_aside(why: &str) -> Result<Option<Tensor>> {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!("glimpse-cuda: linear-lt unavailable, using the default linear: {why}");
+    }
+    Ok(None)
+}
+
 /// How a row-major `rows x cols` matrix with strides `(rs, cs)` is read as column-major
 /// `cols x rows`: its leading dimension, when the columns are unit-stride.
 fn leading_dim(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
@@ -93,7 +116,9 @@ fn alignment(address: u64) -> u32 {
 
 /// `x (M, K) @ weight (N, K)^T + bias (N)` through cuBLASLt. `Ok(None)` when this path does
 /// not take the inputs (operands whose rows are not unit-stride, empty sizes, sizes past
-/// cuBLASLt's integers, or no algorithm for the shapes): the caller then uses the default.
+/// cuBLASLt's integers, no algorithm for the shapes) or cuBLASLt cannot be used (not
+/// installed, its handle or heuristic failing): the caller then uses the default. Errors of
+/// the product itself are errors.
 pub(crate) fn linear(
     be: &CudaBackend,
     x: &Tensor,
@@ -144,7 +169,10 @@ pub(crate) fn linear(
         sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
     };
     let mut out = be.alloc_data(dtype, m * n)?;
-    let mut guard = be.lt()?;
+    let mut guard = match be.lt() {
+        Ok(guard) => guard,
+        Err(e) => return step_aside(&e.to_string()),
+    };
     let h = &mut *guard;
     let stream = be.stream();
     let (xst, wst, bst) = (
@@ -240,26 +268,41 @@ pub(crate) fn linear(
         set_pref(attr, (&a as *const u32).cast(), 4)?;
     }
 
-    // SAFETY: every descriptor is live; the layouts describe the buffers as above.
-    let heuristic = unsafe {
-        lt::get_matmul_algo_heuristic(
-            h.handle, desc.0, a_layout.0, b_layout.0, d_layout.0, d_layout.0, pref.0,
-        )
-    };
-    let heuristic = match heuristic {
-        Ok(found) => found,
-        Err(lt::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => {
-            return Ok(None);
+    let key: PlanKey = (
+        dtype,
+        compute == sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        [m, n, k, ld_x, ld_w],
+        [alignment(w_at), alignment(x_at), alignment(d_at)],
+    );
+    let algo = match h.plans.get(&key) {
+        Some(&plan) => plan,
+        None => {
+            // SAFETY: every descriptor is live; the layouts describe the buffers as above.
+            let heuristic = unsafe {
+                lt::get_matmul_algo_heuristic(
+                    h.handle, desc.0, a_layout.0, b_layout.0, d_layout.0, d_layout.0, pref.0,
+                )
+            };
+            let plan = match heuristic {
+                Ok(found) => Some(found.algo),
+                Err(lt::CublasError(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => None,
+                Err(e) => return step_aside(&format!("algorithm heuristic: {e:?}")),
+            };
+            h.plans.insert(key, plan);
+            plan
         }
-        Err(e) => return Err(lt_err("algorithm heuristic", e)),
+    };
+    let Some(algo) = algo else {
+        return Ok(None);
     };
     let (alpha, beta) = (1.0f32, 0.0f32);
     // SAFETY: D (n x m, ld n) = op_T(A) B + bias with f32 host scalars (the descriptor's scale
     // type). A is the weight view (K x N column-major with ld_w: every element read lies on
     // the view, whose rows are unit-stride), B the x view likewise (ld_x), D (and C, unread as
     // beta = 0) the fresh m * n output; the bias is a unit-stride, 16-byte aligned vector of n
-    // elements of the same dtype; the algorithm was chosen for these layouts and alignments,
-    // and the workspace holds WORKSPACE_BYTES. Everything runs on the backend's one stream.
+    // elements of the same dtype; the algorithm was chosen for the same dtype, sizes, leading
+    // dimensions and alignments (the plan key), and the workspace holds WORKSPACE_BYTES.
+    // Everything runs on the backend's one stream.
     unsafe {
         lt::matmul(
             h.handle,
@@ -274,7 +317,7 @@ pub(crate) fn linear(
             d_layout.0,
             d_at as *mut c_void,
             d_layout.0,
-            &heuristic.algo,
+            &algo,
             ws_ptr.0 as *mut c_void,
             WORKSPACE_BYTES,
             stream.cu_stream() as sys::cudaStream_t,
@@ -284,6 +327,7 @@ pub(crate) fn linear(
     drop((x_ptr, w_ptr, b_ptr, d_ptr, ws_ptr));
     drop(guard);
     be.check_launch("cublasLtMatmul", Ok(()))?;
+    be.count_linear_lt();
     crate::storage::CudaStorage::new(out, m * n)
         .into_tensor([m, n], x)
         .map(Some)

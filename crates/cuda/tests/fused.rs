@@ -21,21 +21,34 @@ glimpse_testkit::fused_tests!(common::target);
 // ------------------------------------------------------------------------ kernel candidates
 
 /// For the tests of kernel candidates: the GPU device and its backend, whose kernel choices
-/// `body` may change and which are put back afterwards. Under `GLIMPSE_CUDA_TESTS_ON_CPU`
-/// there is no backend to switch (`None`): both sides of each comparison are then the CPU's,
-/// which checks the test itself.
+/// `body` may change. The choices belong to the process's one backend, so these tests take
+/// turns (a lock), and the choices are put back afterwards, even when `body` panics. Under
+/// `GLIMPSE_CUDA_TESTS_ON_CPU` there is no backend to switch (`None`): both sides of each
+/// comparison are then the CPU's, which checks the test itself.
+///
+/// Other tests of this binary running at the same time in a plain `cargo test` see the
+/// choices too; the bundle's `run.sh` runs one test at a time.
 fn with_kernel_choices(test: &str, body: impl FnOnce(&Device, Option<&CudaBackend>)) {
+    static TURNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    struct Restore<'a>(Option<(&'a CudaBackend, KernelCandidates, Option<usize>)>);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            if let Some((be, candidates, rows)) = self.0 {
+                be.set_kernel_candidates(candidates);
+                let _ = be.set_attention_forward_rows(rows);
+            }
+        }
+    }
     let Some(dev) = gpu(test) else {
         return;
     };
+    let _turn = TURNS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let be = glimpse_cuda::backend(0).ok();
     let be = be.as_deref();
-    let saved = be.map(|be| (be.kernel_candidates(), be.attention_forward_rows()));
+    let _restore = Restore(be.map(|be| (be, be.kernel_candidates(), be.attention_forward_rows())));
     body(&dev, be);
-    if let (Some(be), Some((candidates, rows))) = (be, saved) {
-        be.set_kernel_candidates(candidates);
-        be.set_attention_forward_rows(rows).unwrap();
-    }
 }
 
 /// Turns exactly `candidates` on, where there is a backend.
@@ -45,11 +58,12 @@ fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
     }
 }
 
-/// The attention candidates (`attn-fwd-skip`, `attn-bwd-prefetch`) against the kernels they
-/// would replace, on the same GPU inputs. The attention forward that skips padding must give the same
-/// bits as the one that computes and masks it (every skipped probability is exactly 0), and the
-/// prefetching backward the same dK and dV bits (the same products in the same order) and dQ
-/// within rounding (its f32 atomics land in any order in both). Shapes around the tile sizes,
+/// The attention candidates (`attn-fwd-skip`, `attn-bwd-prefetch`), each alone against the
+/// kernel it would replace, on the same GPU inputs. The forward that skips padding must give
+/// the same bits as the one that computes and masks it (every skipped probability is exactly
+/// 0); the prefetching backward, from the default forward's results, the same dK and dV bits
+/// (the same products in the same order) and dQ within rounding (its f32 atomics land in any
+/// order in both). Shapes around the tile sizes,
 /// both forward tilings, causal and key-padding masks, head-split (strided) inputs, both half
 /// types, every tensor-core head dim, positive and negative scales.
 #[test]
@@ -104,18 +118,28 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
         if let Some(be) = be {
             be.set_attention_forward_rows(Some(rows)).unwrap();
         }
-        let run = |candidates| {
-            use_candidates(be, candidates);
-            let fwd = Tensor::attention(&q, &k, &v, &opts).unwrap();
-            let grads = Tensor::attention_backward(&q, &k, &v, &fwd, &d_out, &opts).unwrap();
-            (fwd, grads)
+        let forward = |attention_forward_skip_padding| {
+            use_candidates(
+                be,
+                KernelCandidates {
+                    attention_forward_skip_padding,
+                    ..KernelCandidates::default()
+                },
+            );
+            Tensor::attention(&q, &k, &v, &opts).unwrap()
         };
-        let (fwd0, grads0) = run(KernelCandidates::default());
-        let (fwd1, grads1) = run(KernelCandidates {
-            attention_forward_skip_padding: true,
-            attention_backward_prefetch: true,
-            ..KernelCandidates::default()
-        });
+        let (fwd0, fwd1) = (forward(false), forward(true));
+        let backward = |attention_backward_prefetch| {
+            use_candidates(
+                be,
+                KernelCandidates {
+                    attention_backward_prefetch,
+                    ..KernelCandidates::default()
+                },
+            );
+            Tensor::attention_backward(&q, &k, &v, &fwd0, &d_out, &opts).unwrap()
+        };
+        let (grads0, grads1) = (backward(false), backward(true));
         let exact = |what: &str, got: &Tensor, want: &Tensor| -> Result<(), TestCaseError> {
             prop_assert_eq!(
                 values(got),
@@ -160,7 +184,13 @@ fn patch_embed_k64(name: &str, dev: &Device, be: Option<&CudaBackend>) {
             1..=4usize,
             prop::sample::select(vec![8usize, 16, 24, 32]),
         ),
-        (1..=4usize, 1..=4usize, 0..8usize),
+        // Extra pixels past the last patch in whole 16-byte runs: the tensor-core kernels want
+        // aligned image rows (other images take the CUDA-core kernel, not a candidate).
+        (
+            1..=4usize,
+            1..=4usize,
+            prop::sample::select(vec![0usize, 8, 16]),
+        ),
         (
             prop::sample::select(vec![8usize, 64, 128, 200, 768]),
             any::<bool>(),
@@ -171,10 +201,11 @@ fn patch_embed_k64(name: &str, dev: &Device, be: Option<&CudaBackend>) {
         let ((b, c, p), (gh, gw, extra), (e, class_row), (dtype, seed)) = case;
         let rand =
             |shape: &[usize], seed| Tensor::rand_normal(0.0, 1.0, shape, dtype, seed, dev).unwrap();
-        let images = rand(&[b, c, gh * p + extra, gw * p + extra], seed);
+        let (h, w) = (gh * p + extra, gw * p + extra);
+        let images = rand(&[b, c, h, w], seed);
         let weight = rand(&[e, c, p, p], seed ^ 1);
         let bias = rand(&[e], seed ^ 2);
-        let rows = gh * gw + usize::from(class_row);
+        let rows = (h / p) * (w / p) + usize::from(class_row);
         let opts = PatchEmbedOptions {
             patch_size: p,
             class_embedding: class_row.then(|| rand(&[e], seed ^ 3)),
@@ -244,7 +275,14 @@ fn linear_lt(name: &str, dev: &Device, be: Option<&CudaBackend>) {
             );
             x.linear(&w, Some(&b)).unwrap()
         };
+        let before = be.map(|be| be.linear_lt_products());
         let (want, got) = (run(false), run(true));
+        if let (Some(be), Some(before)) = (be, before) {
+            // cuBLASLt takes every weight with unit-stride rows; a transposed one it leaves
+            // to the default.
+            let took = be.linear_lt_products() - before;
+            prop_assert_eq!(took, usize::from(!w_t), "linear-lt products run");
+        }
         prop_assert_eq!(got.dims(), &[m, n][..]);
         prop_assert_eq!(got.dtype(), dtype);
         let f32 = |t: &Tensor| t.abs().unwrap().to_dtype(DType::F32).unwrap();
