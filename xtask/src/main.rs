@@ -346,6 +346,9 @@ const GPU_RUN_SH: &str = r#"#!/usr/bin/env bash
 # glimpse GPU bundle: CUDA tests, then benchmarks, then the same work in PyTorch, one table.
 # Made by `cargo xtask gpu-bundle`; needs the NVIDIA driver, libnvrtc and libcublas (CUDA 13),
 # and python3 with torch for the comparison. OUT (if set) receives the logs.
+# Where compute-sanitizer exists, the kernel-candidate tests also run under its memcheck and
+# racecheck (GLIMPSE_SANITIZE=0 skips that). GLIMPSE_PROFILE=1 adds Nsight Compute reports
+# (ncu, clocks left alone) of the kernels furthest from their targets, after the table.
 set -u
 cd "$(dirname "$0")"
 LOGS="${OUT:-.}"
@@ -362,15 +365,18 @@ status=0
 # (GLIMPSE_CUDA_CANDIDATES=all: kernels not yet run on a GPU, off by default; see
 # glimpse_cuda::KernelCandidates).
 jobs=()
+run_job() {  # run_job NAME COMMAND...: in the background, log and exit code under /tmp
+    local name=$1
+    shift
+    jobs+=("$name")
+    rm -f "/tmp/glimpse-$name.rc"
+    ( "$@" > "/tmp/glimpse-$name.log" 2>&1; echo $? > "/tmp/glimpse-$name.rc" ) &
+}
 start() {  # start NAME BINARY [VAR=VALUE...]
     local name=$1 bin=$2
     shift 2
-    jobs+=("$name")
-    rm -f "/tmp/glimpse-$name.rc"
     # A dozen processes share one GPU: the limit is per binary, with room for that.
-    ( env "$@" timeout "${GLIMPSE_TEST_TIMEOUT:-300}" "$bin" --test-threads=1 \
-        > "/tmp/glimpse-$name.log" 2>&1
-      echo $? > "/tmp/glimpse-$name.rc" ) &
+    run_job "$name" env "$@" timeout "${GLIMPSE_TEST_TIMEOUT:-300}" "$bin" --test-threads=1
 }
 for t in tests/*; do start "$(basename "$t")" "$t"; done
 for rows in 64 128; do start "fused-rows$rows" tests/fused GLIMPSE_CUDA_ATTN_FWD_ROWS=$rows; done
@@ -380,13 +386,28 @@ for rows in 64 128; do
     start "fused-candidates-rows$rows" tests/fused GLIMPSE_CUDA_CANDIDATES=all \
         GLIMPSE_CUDA_ATTN_FWD_ROWS=$rows
 done
+# Out-of-bounds accesses (memcheck) and shared-memory races (racecheck) in the candidates,
+# through their tests (small shapes; the tests switch the candidates on themselves).
+if [ "${GLIMPSE_SANITIZE:-1}" = 1 ] && command -v compute-sanitizer > /dev/null; then
+    for tool in memcheck racecheck; do
+        run_job "sanitize-$tool" timeout "${GLIMPSE_SANITIZE_TIMEOUT:-300}" \
+            compute-sanitizer --tool $tool --error-exitcode 3 tests/fused --test-threads=1 \
+            --exact attention_candidates_match_the_kernels_they_would_replace \
+            patch_embed_k64_gives_the_bits_of_the_default linear_lt_matches_the_default_linear
+    done
+fi
 wait
 for name in "${jobs[@]}"; do
     log="/tmp/glimpse-$name.log"
     rc=$(cat "/tmp/glimpse-$name.rc" 2>/dev/null || echo "none")
     echo "== $name (exit $rc)"
-    [ "$rc" = 0 ] || status=1
-    grep -q "test result: ok" "$log" || status=1
+    if [ "$rc" = 124 ] && [ "${name#sanitize-}" != "$name" ]; then
+        # A sanitizer that ran out of time found nothing yet; it is not a verdict.
+        echo "   (timed out: no verdict)"
+    else
+        [ "$rc" = 0 ] || status=1
+        grep -q "test result: ok" "$log" || status=1
+    fi
     grep -E "^test |test result|panicked|error" "$log" | grep -v " ... ok$" | tail -n 30
     { echo "== $name (exit $rc)"; cat "$log"; } >> "$LOGS/tests.log"
 done
@@ -406,6 +427,20 @@ if [ -z "${1:-}" ]; then
 fi
 python3 compare_torch.py table "$LOGS/glimpse.jsonl" "$LOGS/torch.jsonl" "$LOGS/candidates.jsonl" \
     | tee "$LOGS/table.md"
+if [ "${GLIMPSE_PROFILE:-0}" = 1 ] && command -v ncu > /dev/null; then
+    # One launch of each kernel, after warm-up: throughput, occupancy, stall reasons.
+    for spec in "attention_fwd_mma2_d128|attention fwd bf16 B4 H16 N4096 D128" \
+        "attention_bwd_mma_d128|attention fwd+bwd bf16 B4 H16 N4096 D128" \
+        "patch_embed_mma_bf16|patch_embed bf16 B256"; do
+        kernel=${spec%%|*} workload=${spec#*|}
+        echo "== ncu: $kernel ($workload)"
+        timeout "${GLIMPSE_PROFILE_TIMEOUT:-120}" ncu --clock-control none -k "regex:^$kernel" \
+            --launch-skip 3 --launch-count 1 --section SpeedOfLight --section Occupancy \
+            --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+            --section ComputeWorkloadAnalysis ./bench-compare cuda "$workload" 2>&1 \
+            | grep -v '^{' | tee -a "$LOGS/profile.txt"
+    done
+fi
 exit $status
 "#;
 
