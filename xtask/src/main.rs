@@ -387,10 +387,12 @@ for rows in 64 128; do
         GLIMPSE_CUDA_ATTN_FWD_ROWS=$rows
 done
 # Out-of-bounds accesses (memcheck) and shared-memory races (racecheck) in the candidates,
-# through their tests (small shapes; the tests switch the candidates on themselves).
+# through their tests (six cases each, small shapes; the tests switch the candidates on
+# themselves).
 if [ "${GLIMPSE_SANITIZE:-1}" = 1 ] && command -v compute-sanitizer > /dev/null; then
     for tool in memcheck racecheck; do
-        run_job "sanitize-$tool" timeout "${GLIMPSE_SANITIZE_TIMEOUT:-300}" \
+        run_job "sanitize-$tool" env GLIMPSE_CANDIDATE_CASES=6 \
+            timeout "${GLIMPSE_SANITIZE_TIMEOUT:-150}" \
             compute-sanitizer --tool $tool --error-exitcode 3 tests/fused --test-threads=1 \
             --exact attention_candidates_match_the_kernels_they_would_replace \
             patch_embed_k64_gives_the_bits_of_the_default linear_lt_matches_the_default_linear

@@ -51,6 +51,15 @@ fn with_kernel_choices(test: &str, body: impl FnOnce(&Device, Option<&CudaBacken
     body(&dev, be);
 }
 
+/// Cases per candidate test: `default`, or `GLIMPSE_CANDIDATE_CASES` (the bundle asks for a
+/// few under compute-sanitizer, which slows every kernel many times over).
+fn candidate_cases(default: u32) -> u32 {
+    std::env::var("GLIMPSE_CANDIDATE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Turns exactly `candidates` on, where there is a backend.
 fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
     if let Some(be) = be {
@@ -95,7 +104,7 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
             any::<u64>(),
         ),
     );
-    run_cases(name, dev, 32, strategy, |dev, case| {
+    run_cases(name, dev, candidate_cases(32), strategy, |dev, case| {
         let ((b, h, nq, nk), (dtype, d), (causal, masked, rows), (scale, seed)) = case;
         // (B, N, H, D) projections seen as (B, H, N, D), as a model makes them.
         let heads = |n: usize, seed: u64| {
@@ -197,7 +206,7 @@ fn patch_embed_k64(name: &str, dev: &Device, be: Option<&CudaBackend>) {
         ),
         (any_of(&[DType::F16, DType::BF16]), any::<u64>()),
     );
-    run_cases(name, dev, 24, strategy, |dev, case| {
+    run_cases(name, dev, candidate_cases(24), strategy, |dev, case| {
         let ((b, c, p), (gh, gw, extra), (e, class_row), (dtype, seed)) = case;
         let rand =
             |shape: &[usize], seed| Tensor::rand_normal(0.0, 1.0, shape, dtype, seed, dev).unwrap();
@@ -253,7 +262,7 @@ fn linear_lt(name: &str, dev: &Device, be: Option<&CudaBackend>) {
         any_of(&[DType::F32, DType::F16, DType::BF16]),
         (0..3usize, 0..3usize, any::<bool>(), any::<u64>()),
     );
-    run_cases(name, dev, 32, strategy, |dev, case| {
+    run_cases(name, dev, candidate_cases(32), strategy, |dev, case| {
         let ((m, k, n), dtype, (x_pad, b_off, w_t, seed)) = case;
         let rand =
             |shape: &[usize], seed| Tensor::rand_normal(0.0, 1.0, shape, dtype, seed, dev).unwrap();
