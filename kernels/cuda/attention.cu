@@ -541,7 +541,19 @@ __device__ __forceinline__ void at_bwd_load_q_tile(
     }
 }
 
-template <class T, int D, bool PF>
+// Adds (a, b) to p[0], p[1] in global memory (p 8-byte aligned) as one vector reduction on
+// sm_90 and later (`red.global.add.v2.f32`: half the atomic requests), as two f32 atomicAdd
+// before.
+__device__ __forceinline__ void at_red2(float* p, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+#else
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+#endif
+}
+
+template <class T, int D, bool PF, bool RED2>
 __device__ __forceinline__ void at_bwd_mma(
     const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,
     const unsigned short* __restrict__ v, const unsigned short* __restrict__ dout,
@@ -737,15 +749,24 @@ __device__ __forceinline__ void at_bwd_mma(
 #pragma unroll
                 for (int j = 0; j < 2; ++j) {
                     const int col = dd * 16 + j * 8 + tig * 2;
+                    // RED2 (a candidate): one vector reduction per pair of columns.
                     if (qa < Nq) {
                         float* r = dq_b + (long long)qa * D + col;
-                        atomicAdd(r, acc[j][0] * scale);
-                        atomicAdd(r + 1, acc[j][1] * scale);
+                        if (RED2) {
+                            at_red2(r, acc[j][0] * scale, acc[j][1] * scale);
+                        } else {
+                            atomicAdd(r, acc[j][0] * scale);
+                            atomicAdd(r + 1, acc[j][1] * scale);
+                        }
                     }
                     if (qa + 8 < Nq) {
                         float* r = dq_b + (long long)(qa + 8) * D + col;
-                        atomicAdd(r, acc[j][2] * scale);
-                        atomicAdd(r + 1, acc[j][3] * scale);
+                        if (RED2) {
+                            at_red2(r, acc[j][2] * scale, acc[j][3] * scale);
+                        } else {
+                            atomicAdd(r, acc[j][2] * scale);
+                            atomicAdd(r + 1, acc[j][3] * scale);
+                        }
                     }
                 }
             }
@@ -770,9 +791,11 @@ __device__ __forceinline__ void at_bwd_mma(
     }
 }
 
-// attention_bwd_mma_d<D>_<dt>, and attention_bwd_mma_pf_d<D>_<dt> with PF (a candidate: the
-// host uses it only when asked to, until it has run on a GPU). Same arguments.
-#define AT_BWD_MMA_KERNEL(NAME, D, SUF, T, PF)                                                 \
+// attention_bwd_mma_d<D>_<dt>, and the candidates (the host uses them only when asked to,
+// until they have run on a GPU) attention_bwd_mma_pf_d<D>_<dt> with PF,
+// attention_bwd_mma_red2_d<D>_<dt> with RED2 (dQ added by vector reductions, see at_add2)
+// and attention_bwd_mma_pf_red2_d<D>_<dt> with both. Same arguments.
+#define AT_BWD_MMA_KERNEL(NAME, D, SUF, T, PF, RED2)                                           \
     extern "C" __global__ void __launch_bounds__(AT_MMA_THREADS) NAME##_d##D##_##SUF(          \
         const unsigned short* q, const unsigned short* k, const unsigned short* v,             \
         const unsigned short* dout, const float* lse, const float* delta,                      \
@@ -780,13 +803,15 @@ __device__ __forceinline__ void at_bwd_mma(
         int Nq, int Nk, long long qsb, long long qsh, long long qsn, long long ksb,            \
         long long ksh, long long ksn, long long vsb, long long vsh, long long vsn,             \
         long long gsb, long long gsh, long long gsn, float scale, int causal, int k_tiles) {   \
-        at_bwd_mma<T, D, PF>(q, k, v, dout, lse, delta, key_mask, dq_acc, dk, dv, H, Nq, Nk,   \
-                             qsb, qsh, qsn, ksb, ksh, ksn, vsb, vsh, vsn, gsb, gsh, gsn, scale,   \
-                             causal, k_tiles);                                                 \
+        at_bwd_mma<T, D, PF, RED2>(q, k, v, dout, lse, delta, key_mask, dq_acc, dk, dv, H, Nq, \
+                                   Nk, qsb, qsh, qsn, ksb, ksh, ksn, vsb, vsh, vsn, gsb, gsh,   \
+                                   gsn, scale, causal, k_tiles);                               \
     }
 #define AT_BWD_MMA(D, SUF, T)                                                                  \
-    AT_BWD_MMA_KERNEL(attention_bwd_mma, D, SUF, T, false)                                     \
-    AT_BWD_MMA_KERNEL(attention_bwd_mma_pf, D, SUF, T, true)
+    AT_BWD_MMA_KERNEL(attention_bwd_mma, D, SUF, T, false, false)                              \
+    AT_BWD_MMA_KERNEL(attention_bwd_mma_pf, D, SUF, T, true, false)                            \
+    AT_BWD_MMA_KERNEL(attention_bwd_mma_red2, D, SUF, T, false, true)                          \
+    AT_BWD_MMA_KERNEL(attention_bwd_mma_pf_red2, D, SUF, T, true, true)
 
 AT_BWD_MMA(32, f16, AtF16)
 AT_BWD_MMA(64, f16, AtF16)

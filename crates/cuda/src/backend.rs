@@ -110,6 +110,10 @@ pub struct KernelCandidates {
     /// `attn-bwd-prefetch`: the tensor-core attention backward loads the next query tile's Q
     /// and dO while the dQ products of the current one run, with one barrier fewer per tile.
     pub attention_backward_prefetch: bool,
+    /// `attn-bwd-red2`: the tensor-core attention backward adds each pair of dQ columns with
+    /// one vector reduction (`red.global.add.v2.f32`, sm_90 and later) instead of two f32
+    /// atomics: half the atomic requests.
+    pub attention_backward_vector_atomics: bool,
     /// `linear-lt`: `linear` with a bias is one cuBLASLt product that adds the bias in its
     /// epilogue, instead of bias rows written first and accumulated onto (one write and one
     /// read of the output fewer).
@@ -125,12 +129,14 @@ impl KernelCandidates {
     pub const ALL: KernelCandidates = KernelCandidates {
         attention_forward_skip_padding: true,
         attention_backward_prefetch: true,
+        attention_backward_vector_atomics: true,
         linear_lt: true,
         patch_embed_k64: true,
     };
 
     /// Parses `GLIMPSE_CUDA_CANDIDATES`'s syntax: `all`, `none`, empty, or a comma-separated
-    /// list of `attn-fwd-skip`, `attn-bwd-prefetch`, `linear-lt` and `patch-k64`.
+    /// list of `attn-fwd-skip`, `attn-bwd-prefetch`, `attn-bwd-red2`, `linear-lt` and
+    /// `patch-k64`.
     pub fn parse(list: &str) -> Result<KernelCandidates> {
         let mut c = KernelCandidates::default();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -139,6 +145,7 @@ impl KernelCandidates {
                 "none" => c = KernelCandidates::default(),
                 "attn-fwd-skip" => c.attention_forward_skip_padding = true,
                 "attn-bwd-prefetch" => c.attention_backward_prefetch = true,
+                "attn-bwd-red2" => c.attention_backward_vector_atomics = true,
                 "linear-lt" => c.linear_lt = true,
                 "patch-k64" => c.patch_embed_k64 = true,
                 other => {
@@ -146,7 +153,7 @@ impl KernelCandidates {
                         "kernel candidates",
                         format!(
                             "unknown candidate {other:?}; known: attn-fwd-skip, \
-                             attn-bwd-prefetch, linear-lt, patch-k64, all, none"
+                             attn-bwd-prefetch, attn-bwd-red2, linear-lt, patch-k64, all, none"
                         ),
                     ));
                 }
@@ -160,6 +167,7 @@ impl KernelCandidates {
             | usize::from(self.attention_backward_prefetch) << 1
             | usize::from(self.linear_lt) << 2
             | usize::from(self.patch_embed_k64) << 3
+            | usize::from(self.attention_backward_vector_atomics) << 4
     }
 
     fn from_bits(bits: usize) -> KernelCandidates {
@@ -168,6 +176,7 @@ impl KernelCandidates {
             attention_backward_prefetch: bits & 2 != 0,
             linear_lt: bits & 4 != 0,
             patch_embed_k64: bits & 8 != 0,
+            attention_backward_vector_atomics: bits & 16 != 0,
         }
     }
 }
@@ -927,13 +936,21 @@ mod tests {
             KernelCandidates::ALL
         );
         assert_eq!(
-            KernelCandidates::parse(" attn-bwd-prefetch ,attn-fwd-skip,linear-lt,patch-k64")
-                .unwrap(),
+            KernelCandidates::parse(
+                " attn-bwd-prefetch ,attn-fwd-skip,linear-lt,patch-k64, attn-bwd-red2"
+            )
+            .unwrap(),
             KernelCandidates::ALL
         );
         let skip = KernelCandidates::parse("attn-fwd-skip,").unwrap();
         assert!(skip.attention_forward_skip_padding);
-        assert!(!skip.attention_backward_prefetch && !skip.linear_lt && !skip.patch_embed_k64);
+        assert_eq!(
+            skip,
+            KernelCandidates {
+                attention_forward_skip_padding: true,
+                ..KernelCandidates::default()
+            }
+        );
         let err = KernelCandidates::parse("attn-fwd-skip,wgmma").unwrap_err();
         assert!(err.to_string().contains("\"wgmma\""), "{err}");
         for c in [none, skip, KernelCandidates::ALL] {

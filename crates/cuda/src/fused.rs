@@ -636,14 +636,20 @@ pub(crate) fn attention_backward(
     {
         let (name, key_block, threads, smem) = if mma {
             (
-                format!(
-                    "attention_bwd_mma{}_d{d}_{sfx}",
-                    if be.kernel_candidates().attention_backward_prefetch {
+                {
+                    let c = be.kernel_candidates();
+                    let pf = if c.attention_backward_prefetch {
                         "_pf"
                     } else {
                         ""
-                    }
-                ),
+                    };
+                    let red2 = if c.attention_backward_vector_atomics {
+                        "_red2"
+                    } else {
+                        ""
+                    };
+                    format!("attention_bwd_mma{pf}{red2}_d{d}_{sfx}")
+                },
                 ATTN_MMA_BC,
                 ATTN_MMA_THREADS,
                 attn_bwd_mma_smem(d),
@@ -696,7 +702,7 @@ pub(crate) fn attention_backward(
         // SAFETY: attention_bwd_simt_<dt>(q, k, v, dout, const float* lse, const float* delta,
         // const unsigned* key_mask, float* dq_acc, T* dk, T* dv, int H, int Nq, int Nk, int D,
         // int Dv, 12 x long long strides, float scale, int causal, int k_tiles) and
-        // attention_bwd_mma{,_pf}_d<D>_<dt>(same without int D, int Dv): q, k, v, dout
+        // attention_bwd_mma{,_pf}{,_red2}_d<D>_<dt>(same without int D, int Dv): q, k, v, dout
         // are (B, H, N, D) views of <dt> with their strides (last dim contiguous; for the mma
         // kernel D == Dv == <D> and rows 16-byte aligned, aligned_rows); lse is the
         // contiguous (B, H, Nq) f32 copy, delta the prep kernel's output, key_mask the

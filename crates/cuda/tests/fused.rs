@@ -67,12 +67,12 @@ fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
     }
 }
 
-/// The attention candidates (`attn-fwd-skip`, `attn-bwd-prefetch`), each alone against the
-/// kernel it would replace, on the same GPU inputs. The forward that skips padding must give
-/// the same bits as the one that computes and masks it (every skipped probability is exactly
-/// 0); the prefetching backward, from the default forward's results, the same dK and dV bits
-/// (the same products in the same order) and dQ within rounding (its f32 atomics land in any
-/// order in both). Shapes around the tile sizes,
+/// The attention candidates (`attn-fwd-skip`, `attn-bwd-prefetch`, `attn-bwd-red2`), each
+/// alone against the kernel it would replace, on the same GPU inputs. The forward that skips
+/// padding must give the same bits as the one that computes and masks it (every skipped
+/// probability is exactly 0); each backward candidate, from the default forward's results,
+/// the same dK and dV bits (the same products in the same order) and dQ within rounding (its
+/// f32 atomics land in any order in both). Shapes around the tile sizes,
 /// both forward tilings, causal and key-padding masks, head-split (strided) inputs, both half
 /// types, every tensor-core head dim, positive and negative scales.
 #[test]
@@ -138,17 +138,11 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
             Tensor::attention(&q, &k, &v, &opts).unwrap()
         };
         let (fwd0, fwd1) = (forward(false), forward(true));
-        let backward = |attention_backward_prefetch| {
-            use_candidates(
-                be,
-                KernelCandidates {
-                    attention_backward_prefetch,
-                    ..KernelCandidates::default()
-                },
-            );
+        let backward = |candidates| {
+            use_candidates(be, candidates);
             Tensor::attention_backward(&q, &k, &v, &fwd0, &d_out, &opts).unwrap()
         };
-        let (grads0, grads1) = (backward(false), backward(true));
+        let grads0 = backward(KernelCandidates::default());
         let exact = |what: &str, got: &Tensor, want: &Tensor| -> Result<(), TestCaseError> {
             prop_assert_eq!(
                 values(got),
@@ -160,18 +154,36 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
         };
         exact("attention out (attn-fwd-skip)", &fwd1.out, &fwd0.out)?;
         exact("attention lse (attn-fwd-skip)", &fwd1.lse, &fwd0.lse)?;
-        exact("dk (attn-bwd-prefetch)", &grads1.dk, &grads0.dk)?;
-        exact("dv (attn-bwd-prefetch)", &grads1.dv, &grads0.dv)?;
-        // dQ: the same f32 sums in another order, rounded once to the dtype.
-        let want = values(&grads0.dq);
-        let largest = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        assert_close_scaled(
-            &values(&grads1.dq),
-            &want,
-            &[1e-3 * largest],
-            tol(dtype),
-            "dq (attn-bwd-prefetch)",
-        );
+        let want_dq = values(&grads0.dq);
+        let largest = want_dq.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (name, candidate) in [
+            (
+                "attn-bwd-prefetch",
+                KernelCandidates {
+                    attention_backward_prefetch: true,
+                    ..KernelCandidates::default()
+                },
+            ),
+            (
+                "attn-bwd-red2",
+                KernelCandidates {
+                    attention_backward_vector_atomics: true,
+                    ..KernelCandidates::default()
+                },
+            ),
+        ] {
+            let grads1 = backward(candidate);
+            exact(&format!("dk ({name})"), &grads1.dk, &grads0.dk)?;
+            exact(&format!("dv ({name})"), &grads1.dv, &grads0.dv)?;
+            // dQ: the same f32 sums in another order, rounded once to the dtype.
+            assert_close_scaled(
+                &values(&grads1.dq),
+                &want_dq,
+                &[1e-3 * largest],
+                tol(dtype),
+                &format!("dq ({name})"),
+            );
+        }
         Ok(())
     });
 }
