@@ -490,6 +490,13 @@ AT_FWD_MMA(64, bf16, AtBF16)
 AT_FWD_MMA(80, bf16, AtBF16)
 AT_FWD_MMA(128, bf16, AtBF16)
 
+// attention_fwd_mma2_k64_d128_<dt>: 128 query rows per block with 64-key tiles at D = 128,
+// padding skipped (a candidate): half the tiles, so half the barriers and softmax
+// bookkeeping per key. With SKIP it fits in 244 registers without spilling; without it the
+// compiler spills, which is why the default mma2 kernel takes 32-key tiles at D = 128.
+AT_FWD_MMA_KERNEL(attention_fwd_mma2_k64, 128, f16, AtF16, 2, AT_MMA_BC, true)
+AT_FWD_MMA_KERNEL(attention_fwd_mma2_k64, 128, bf16, AtBF16, 2, AT_MMA_BC, true)
+
 // ------------------------------------------------------------------------------ backward, mma
 
 // One block per 64 keys of one (b, h), 4 warps; warp w owns keys w * 16 .. w * 16 + 15 of the

@@ -107,6 +107,10 @@ pub struct KernelCandidates {
     /// exponentials of padding (query rows past Nq, keys past Nk or past the causal limit)
     /// instead of computing and masking them: a third of the work at N = 197.
     pub attention_forward_skip_padding: bool,
+    /// `attn-fwd-k64`: the 128-row tensor-core forward at D = 128 takes 64-key tiles (and
+    /// skips padding, which is what lets it fit its registers) instead of 32-key tiles: half
+    /// the barriers and softmax bookkeeping per key.
+    pub attention_forward_wide_key_tiles: bool,
     /// `attn-bwd-prefetch`: the tensor-core attention backward loads the next query tile's Q
     /// and dO while the dQ products of the current one run, with one barrier fewer per tile.
     pub attention_backward_prefetch: bool,
@@ -128,6 +132,7 @@ impl KernelCandidates {
     /// Every candidate on.
     pub const ALL: KernelCandidates = KernelCandidates {
         attention_forward_skip_padding: true,
+        attention_forward_wide_key_tiles: true,
         attention_backward_prefetch: true,
         attention_backward_vector_atomics: true,
         linear_lt: true,
@@ -135,8 +140,8 @@ impl KernelCandidates {
     };
 
     /// Parses `GLIMPSE_CUDA_CANDIDATES`'s syntax: `all`, `none`, empty, or a comma-separated
-    /// list of `attn-fwd-skip`, `attn-bwd-prefetch`, `attn-bwd-red2`, `linear-lt` and
-    /// `patch-k64`.
+    /// list of `attn-fwd-skip`, `attn-fwd-k64`, `attn-bwd-prefetch`, `attn-bwd-red2`,
+    /// `linear-lt` and `patch-k64`.
     pub fn parse(list: &str) -> Result<KernelCandidates> {
         let mut c = KernelCandidates::default();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -144,6 +149,7 @@ impl KernelCandidates {
                 "all" => c = KernelCandidates::ALL,
                 "none" => c = KernelCandidates::default(),
                 "attn-fwd-skip" => c.attention_forward_skip_padding = true,
+                "attn-fwd-k64" => c.attention_forward_wide_key_tiles = true,
                 "attn-bwd-prefetch" => c.attention_backward_prefetch = true,
                 "attn-bwd-red2" => c.attention_backward_vector_atomics = true,
                 "linear-lt" => c.linear_lt = true,
@@ -153,7 +159,8 @@ impl KernelCandidates {
                         "kernel candidates",
                         format!(
                             "unknown candidate {other:?}; known: attn-fwd-skip, \
-                             attn-bwd-prefetch, attn-bwd-red2, linear-lt, patch-k64, all, none"
+                             attn-fwd-k64, attn-bwd-prefetch, attn-bwd-red2, linear-lt, \
+                             patch-k64, all, none"
                         ),
                     ));
                 }
@@ -168,6 +175,7 @@ impl KernelCandidates {
             | usize::from(self.linear_lt) << 2
             | usize::from(self.patch_embed_k64) << 3
             | usize::from(self.attention_backward_vector_atomics) << 4
+            | usize::from(self.attention_forward_wide_key_tiles) << 5
     }
 
     fn from_bits(bits: usize) -> KernelCandidates {
@@ -177,6 +185,7 @@ impl KernelCandidates {
             linear_lt: bits & 4 != 0,
             patch_embed_k64: bits & 8 != 0,
             attention_backward_vector_atomics: bits & 16 != 0,
+            attention_forward_wide_key_tiles: bits & 32 != 0,
         }
     }
 }
@@ -937,7 +946,7 @@ mod tests {
         );
         assert_eq!(
             KernelCandidates::parse(
-                " attn-bwd-prefetch ,attn-fwd-skip,linear-lt,patch-k64, attn-bwd-red2"
+                " attn-bwd-prefetch ,attn-fwd-skip,linear-lt,patch-k64, attn-bwd-red2,attn-fwd-k64"
             )
             .unwrap(),
             KernelCandidates::ALL

@@ -406,16 +406,18 @@ fn attn_bwd_mma_smem(d: usize) -> u32 {
     (4 * ATTN_MMA_BC * (d + 8) * 2 + ATTN_MMA_BQ * 72 * 2 + 3 * ATTN_MMA_BC * 4) as u32
 }
 
-/// Dynamic shared memory of the tensor-core forward with `rows` query rows per block: the Q
-/// tile, two stages of K and V tiles (rows of `D + 8`) and two key-validity vectors.
-fn attn_mma_smem(d: usize, rows: usize) -> u32 {
-    let bc = attn_fwd_key_tile(d, rows);
+/// Dynamic shared memory of the tensor-core forward with `rows` query rows per block and
+/// `wide` key tiles (the `attn-fwd-k64` candidate): the Q tile, two stages of K and V tiles
+/// (rows of `D + 8`) and two key-validity vectors.
+fn attn_mma_smem(d: usize, rows: usize, wide: bool) -> u32 {
+    let bc = attn_fwd_key_tile(d, rows, wide);
     ((rows + 4 * bc) * (d + 8) * 2 + 2 * bc * 4) as u32
 }
 
-/// Keys per tile of the tensor-core forward (see `at_fwd_mma` in attention.cu).
-fn attn_fwd_key_tile(d: usize, rows: usize) -> usize {
-    if rows == 128 && d >= 128 {
+/// Keys per tile of the tensor-core forward (`AT_FWD_MMA_BC` in attention.cu): 64, or 32 for
+/// 128 rows at D = 128 unless `wide` (`attention_fwd_mma2_k64_d128_*`).
+fn attn_fwd_key_tile(d: usize, rows: usize, wide: bool) -> usize {
+    if rows == 128 && d >= 128 && !wide {
         32
     } else {
         ATTN_MMA_BC
@@ -481,15 +483,19 @@ pub(crate) fn attention(
     let tiles = nq.div_ceil(rows);
     let blocks = bsz * heads * tiles;
     let (name, cfg) = if mma {
-        let tiling = if rows == 128 { "mma2" } else { "mma" };
-        let skip = if be.kernel_candidates().attention_forward_skip_padding {
-            "_skip"
-        } else {
-            ""
+        let candidates = be.kernel_candidates();
+        // The 64-key kernel exists for 128 rows at D = 128 only (below, mma2 has 64 already).
+        let wide = candidates.attention_forward_wide_key_tiles && rows == 128 && d == 128;
+        let kernel = match (rows, wide, candidates.attention_forward_skip_padding) {
+            (_, true, _) => "mma2_k64",
+            (128, false, true) => "mma2_skip",
+            (128, false, false) => "mma2",
+            (_, _, true) => "mma_skip",
+            (_, _, false) => "mma",
         };
         (
-            format!("attention_fwd_{tiling}{skip}_d{d}_{}", suffix(dtype)),
-            cfg_1d(blocks, ATTN_MMA_THREADS, attn_mma_smem(d, rows)),
+            format!("attention_fwd_{kernel}_d{d}_{}", suffix(dtype)),
+            cfg_1d(blocks, ATTN_MMA_THREADS, attn_mma_smem(d, rows, wide)),
         )
     } else {
         (
@@ -535,7 +541,8 @@ pub(crate) fn attention(
         b.arg(&scale_log2);
         b.arg(&causal);
         b.arg(&tiles32);
-        // SAFETY: attention_fwd_mma{,2}{,_skip}_d<D>_<dt>(q, k, v, key_mask, out, lse, int H,
+        // SAFETY: attention_fwd_{mma,mma2}{,_skip}_d<D>_<dt> and attention_fwd_mma2_k64_d128_<dt>
+        // (q, k, v, key_mask, out, lse, int H,
         // int Nq, int Nk, 9 x long long strides, float scale_log2, int causal, int q_tiles) and
         // attention_fwd_simt_<dt>(same, with int D, int Dv after Nk): q, k, v are
         // (B, H, N, D) views of dtype <dt> from their offsets whose strides are passed (last
@@ -1212,7 +1219,12 @@ mod tests {
         for d in ATTN_MMA_DIMS {
             for (mt, rows) in [(1, 64), (2, 128)] {
                 let expr = format!("AT_FWD_MMA_SMEM({d}, {rows}, AT_FWD_MMA_BC({d}, {mt}))");
-                probes.push(("attention.cu", expr, attn_mma_smem(d, rows)));
+                probes.push(("attention.cu", expr, attn_mma_smem(d, rows, false)));
+            }
+            if d == 128 {
+                // attention_fwd_mma2_k64_d128_*: 128 rows, 64-key tiles.
+                let expr = "AT_FWD_MMA_SMEM(128, 128, AT_MMA_BC)".to_string();
+                probes.push(("attention.cu", expr, attn_mma_smem(d, 128, true)));
             }
             let expr = format!("AT_BWD_MMA_SMEM({d})");
             probes.push(("attention.cu", expr, attn_bwd_mma_smem(d)));

@@ -67,10 +67,11 @@ fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
     }
 }
 
-/// The attention candidates (`attn-fwd-skip`, `attn-bwd-prefetch`, `attn-bwd-red2`), each
-/// alone against the kernel it would replace, on the same GPU inputs. The forward that skips
-/// padding must give the same bits as the one that computes and masks it (every skipped
-/// probability is exactly 0); each backward candidate, from the default forward's results,
+/// The attention candidates (`attn-fwd-skip`, `attn-fwd-k64`, `attn-bwd-prefetch`,
+/// `attn-bwd-red2`), each alone against the kernel it would replace, on the same GPU inputs.
+/// The forward that skips padding must give the same bits as the one that computes and masks
+/// it (every skipped probability is exactly 0), the one with 64-key tiles the same values
+/// within rounding; each backward candidate, from the default forward's results,
 /// the same dK and dV bits (the same products in the same order) and dQ within rounding (its
 /// f32 atomics land in any order in both). Shapes around the tile sizes,
 /// both forward tilings, causal and key-padding masks, head-split (strided) inputs, both half
@@ -127,17 +128,38 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
         if let Some(be) = be {
             be.set_attention_forward_rows(Some(rows)).unwrap();
         }
-        let forward = |attention_forward_skip_padding| {
-            use_candidates(
-                be,
-                KernelCandidates {
-                    attention_forward_skip_padding,
-                    ..KernelCandidates::default()
-                },
-            );
+        let forward = |candidates| {
+            use_candidates(be, candidates);
             Tensor::attention(&q, &k, &v, &opts).unwrap()
         };
-        let (fwd0, fwd1) = (forward(false), forward(true));
+        let fwd0 = forward(KernelCandidates::default());
+        let fwd1 = forward(KernelCandidates {
+            attention_forward_skip_padding: true,
+            ..KernelCandidates::default()
+        });
+        // 64-key tiles split the online softmax at other keys: the same sums in other
+        // groupings, with probabilities rounded to the dtype against other running maxima.
+        // So out (a weighted mean of value rows) within a rounding of the dtype scaled by the
+        // largest value, and lse within f32 rounding.
+        let wide = forward(KernelCandidates {
+            attention_forward_wide_key_tiles: true,
+            ..KernelCandidates::default()
+        });
+        let largest_v = values(&v).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        assert_close_scaled(
+            &values(&wide.out),
+            &values(&fwd0.out),
+            &[largest_v],
+            tol(dtype),
+            "attention out (attn-fwd-k64)",
+        );
+        assert_close_scaled(
+            &values(&wide.lse),
+            &values(&fwd0.lse),
+            &[1.0],
+            1e-5,
+            "attention lse (attn-fwd-k64)",
+        );
         let backward = |candidates| {
             use_candidates(be, candidates);
             Tensor::attention_backward(&q, &k, &v, &fwd0, &d_out, &opts).unwrap()
