@@ -20,7 +20,8 @@
 //       128 threads (4 warps), one block per BQ query rows of one (b, h): BQ = 64 (mma, each
 //       warp owns 16 rows) or 128 (mma2, each warp owns two 16-row tiles, so every K/V
 //       fragment read from shared memory feeds two multiplies). K/V tiles of BC keys (64; 32
-//       for mma2 at D = 128) are double-buffered in shared memory with cp.async (16-byte
+//       for mma2 at D = 128, 64 in the candidate attention_fwd_mma2_k64_d128_*) are
+//       double-buffered in shared memory with cp.async (16-byte
 //       copies, zero-filled past Nk; the host guarantees 16-byte aligned rows: strides and
 //       offsets multiples of 8 elements). Q fragments are loaded by ldmatrix, once when they
 //       fit in registers (BQ * D <= 8192), else at every k-step; S = Q K^T and O += P V use
@@ -800,7 +801,7 @@ __device__ __forceinline__ void at_bwd_mma(
 
 // attention_bwd_mma_d<D>_<dt>, and the candidates (the host uses them only when asked to,
 // until they have run on a GPU) attention_bwd_mma_pf_d<D>_<dt> with PF,
-// attention_bwd_mma_red2_d<D>_<dt> with RED2 (dQ added by vector reductions, see at_add2)
+// attention_bwd_mma_red2_d<D>_<dt> with RED2 (dQ added by vector reductions, see at_red2)
 // and attention_bwd_mma_pf_red2_d<D>_<dt> with both. Same arguments.
 #define AT_BWD_MMA_KERNEL(NAME, D, SUF, T, PF, RED2)                                           \
     extern "C" __global__ void __launch_bounds__(AT_MMA_THREADS) NAME##_d##D##_##SUF(          \

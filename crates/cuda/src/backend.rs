@@ -109,7 +109,8 @@ pub struct KernelCandidates {
     pub attention_forward_skip_padding: bool,
     /// `attn-fwd-k64`: the 128-row tensor-core forward at D = 128 takes 64-key tiles (and
     /// skips padding, which is what lets it fit its registers) instead of 32-key tiles: half
-    /// the barriers and softmax bookkeeping per key.
+    /// the barriers and softmax bookkeeping per key. Only where two of its 103 KB blocks fit
+    /// a multiprocessor (Hopper); elsewhere the default runs.
     pub attention_forward_wide_key_tiles: bool,
     /// `attn-bwd-prefetch`: the tensor-core attention backward loads the next query tile's Q
     /// and dO while the dQ products of the current one run, with one barrier fewer per tile.

@@ -484,8 +484,14 @@ pub(crate) fn attention(
     let blocks = bsz * heads * tiles;
     let (name, cfg) = if mma {
         let candidates = be.kernel_candidates();
-        // The 64-key kernel exists for 128 rows at D = 128 only (below, mma2 has 64 already).
-        let wide = candidates.attention_forward_wide_key_tiles && rows == 128 && d == 128;
+        // The 64-key kernel exists for 128 rows at D = 128 only (below, mma2 has 64 already),
+        // and runs where two of its blocks fit a multiprocessor, as the default's do: Hopper,
+        // not an A100 (one block) or Ada (99 KB per block, less than it needs).
+        let wide = candidates.attention_forward_wide_key_tiles
+            && rows == 128
+            && d == 128
+            && be.max_shared_memory_per_block()
+                >= 2 * (attn_mma_smem(d, rows, true) as usize + 1024);
         let kernel = match (rows, wide, candidates.attention_forward_skip_padding) {
             (_, true, _) => "mma2_k64",
             (128, false, true) => "mma2_skip",

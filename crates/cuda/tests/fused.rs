@@ -70,8 +70,8 @@ fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
 /// The attention candidates (`attn-fwd-skip`, `attn-fwd-k64`, `attn-bwd-prefetch`,
 /// `attn-bwd-red2`), each alone against the kernel it would replace, on the same GPU inputs.
 /// The forward that skips padding must give the same bits as the one that computes and masks
-/// it (every skipped probability is exactly 0), the one with 64-key tiles the same values
-/// within rounding; each backward candidate, from the default forward's results,
+/// it (every skipped probability is exactly 0), the one with 64-key tiles (on Hopper) the
+/// same values within rounding; each backward candidate, from the default forward's results,
 /// the same dK and dV bits (the same products in the same order) and dQ within rounding (its
 /// f32 atomics land in any order in both). Shapes around the tile sizes,
 /// both forward tilings, causal and key-padding masks, head-split (strided) inputs, both half
@@ -93,20 +93,24 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
         (1..=2usize, 1..=3usize, lengths(), lengths()),
         (
             any_of(&[DType::F16, DType::BF16]),
-            prop::sample::select(vec![32usize, 64, 80, 128]),
+            // Head dim and forward tiling; half the cases 128 rows at D = 128, the only shape
+            // attn-fwd-k64 changes.
+            prop_oneof![
+                Just((128usize, 128usize)),
+                (
+                    prop::sample::select(vec![32usize, 64, 80, 128]),
+                    prop::sample::select(vec![64usize, 128]),
+                ),
+            ],
         ),
-        (
-            any::<bool>(),
-            any::<bool>(),
-            prop::sample::select(vec![64usize, 128]),
-        ),
+        (any::<bool>(), any::<bool>()),
         (
             prop::sample::select(vec![None, Some(0.3), Some(-0.3)]),
             any::<u64>(),
         ),
     );
     run_cases(name, dev, candidate_cases(32), strategy, |dev, case| {
-        let ((b, h, nq, nk), (dtype, d), (causal, masked, rows), (scale, seed)) = case;
+        let ((b, h, nq, nk), (dtype, (d, rows)), (causal, masked), (scale, seed)) = case;
         // (B, N, H, D) projections seen as (B, H, N, D), as a model makes them.
         let heads = |n: usize, seed: u64| {
             Tensor::rand_normal(0.0, 1.0, [b, n, h, d], dtype, seed, dev)
