@@ -167,6 +167,23 @@ __device__ __forceinline__ int at_kv_end(int causal, int q0, int rows, int Nq, i
 // the two.
 #define AT_FWD_MMA_SMEM(D, BQ, BC) (((BQ) + 4 * (BC)) * ((D) + 8) * 2 + 2 * (BC) * 4)
 
+// Rows r0 .. r0 + ROWS - 1 of two row-major operands with D columns, a and b (row strides
+// as and bs), into the shared tiles ad and bd (rows of D + 8 halves) by 16-byte cp.async; rows
+// at or past n are zero-filled and not read. The caller commits the group.
+template <int D, int ROWS>
+__device__ __forceinline__ void at_cp_rows2(int r0, int n, const unsigned short* a, long long as,
+                                            unsigned short* ad, const unsigned short* b,
+                                            long long bs, unsigned short* bd) {
+    constexpr int LD = D + 8, DC = D / 8;
+    for (int c = threadIdx.x; c < ROWS * DC; c += AT_MMA_THREADS) {
+        int r = c / DC, cc = c - r * DC;
+        bool ok = r0 + r < n;
+        long long row = ok ? r0 + r : 0;
+        at_cp16(at_smem_addr(ad + r * LD + cc * 8), a + row * as + cc * 8, ok);
+        at_cp16(at_smem_addr(bd + r * LD + cc * 8), b + row * bs + cc * 8, ok);
+    }
+}
+
 // MT is the number of 16-row tiles each warp owns (block rows BQ = 64 * MT). Two tiles per
 // warp let every K and V fragment read from shared memory (ldmatrix) feed two mma.sync
 // instead of one, halving the shared-memory traffic per multiply, which otherwise limits the
@@ -530,17 +547,10 @@ __device__ __forceinline__ void at_bwd_load_q_tile(
     int i0, int Nq, const unsigned short* qb, const unsigned short* gb, long long qsn,
     long long gsn, const float* lse_b, const float* del_b, unsigned short* Qs, unsigned short* Gs,
     float* lse_s, float* del_s) {
-    constexpr int BQ = AT_MMA_BQ, LD = D + 8, DC = D / 8, NT = AT_MMA_THREADS;
-    const int tid = threadIdx.x;
-    for (int c = tid; c < BQ * DC; c += NT) {
-        int r = c / DC, cc = c - r * DC;
-        bool ok = i0 + r < Nq;
-        long long row = ok ? i0 + r : 0;
-        at_cp16(at_smem_addr(Qs + r * LD + cc * 8), qb + row * qsn + cc * 8, ok);
-        at_cp16(at_smem_addr(Gs + r * LD + cc * 8), gb + row * gsn + cc * 8, ok);
-    }
+    constexpr int BQ = AT_MMA_BQ;
+    at_cp_rows2<D, BQ>(i0, Nq, qb, qsn, Qs, gb, gsn, Gs);
     at_cp_commit();
-    for (int r = tid; r < BQ; r += NT) {
+    for (int r = threadIdx.x; r < BQ; r += AT_MMA_THREADS) {
         bool ok = i0 + r < Nq;
         float l = ok ? lse_b[i0 + r] : at_neg_inf();
         // 2^(x - inf) = 0: rows past Nq and fully masked rows contribute nothing.
@@ -571,7 +581,7 @@ __device__ __forceinline__ void at_bwd_mma(
     long long qsb, long long qsh, long long qsn, long long ksb, long long ksh, long long ksn,
     long long vsb, long long vsh, long long vsn, long long gsb, long long gsh, long long gsn,
     float scale, int causal, int k_tiles) {
-    constexpr int BQ = AT_MMA_BQ, BC = AT_MMA_BC, LD = D + 8, DC = D / 8, NT = AT_MMA_THREADS;
+    constexpr int BQ = AT_MMA_BQ, BC = AT_MMA_BC, LD = D + 8, NT = AT_MMA_THREADS;
     constexpr int KD = D / 16;  // k-steps over the head dim, and pairs of 8-wide output tiles
     constexpr int NS = BQ / 8;  // 8-wide query tiles of S^T
     constexpr int LDS = AT_BWD_LDS;
@@ -606,13 +616,7 @@ __device__ __forceinline__ void at_bwd_mma(
     float* dq_b = dq_acc + (long long)bh * Nq * D;
 
     // K and V tiles (zero rows past Nk) and the key flags.
-    for (int c = tid; c < BC * DC; c += NT) {
-        int r = c / DC, cc = c - r * DC;
-        bool ok = j0 + r < Nk;
-        long long row = ok ? j0 + r : 0;
-        at_cp16(at_smem_addr(Ks + r * LD + cc * 8), kb + row * ksn + cc * 8, ok);
-        at_cp16(at_smem_addr(Vs + r * LD + cc * 8), vb + row * vsn + cc * 8, ok);
-    }
+    at_cp_rows2<D, BC>(j0, Nk, kb, ksn, Ks, vb, vsn, Vs);
     at_cp_commit();
     for (int j = tid; j < BC; j += NT) {
         int kv = j0 + j;
@@ -633,7 +637,8 @@ __device__ __forceinline__ void at_bwd_mma(
     }
     const int key_r0 = warp * 16 + g;  // this thread's accumulator rows: keys key_r0, key_r0 + 8
 
-    if (PF && i_start < Nq) at_bwd_load_q_tile<D>(i_start, Nq, qb, gb, qsn, gsn, lse_b, del_b, Qs, Gs, lse_s, del_s);
+    if (PF && i_start < Nq)
+        at_bwd_load_q_tile<D>(i_start, Nq, qb, gb, qsn, gsn, lse_b, del_b, Qs, Gs, lse_s, del_s);
 
     for (int i0 = i_start; i0 < Nq; i0 += BQ) {
         if (!PF) {
@@ -727,7 +732,8 @@ __device__ __forceinline__ void at_bwd_mma(
             }
         }
         __syncthreads();  // dSs complete; with PF, also Qs, Gs, lse_s and del_s free
-        if (PF && i0 + BQ < Nq) at_bwd_load_q_tile<D>(i0 + BQ, Nq, qb, gb, qsn, gsn, lse_b, del_b, Qs, Gs, lse_s,
+        if (PF && i0 + BQ < Nq)
+            at_bwd_load_q_tile<D>(i0 + BQ, Nq, qb, gb, qsn, gsn, lse_b, del_b, Qs, Gs, lse_s,
                                   del_s);
 
         // dQ rows warp * 16 .. + 15 of the tile += scale * dS K (k dimension: the tile's keys).

@@ -38,10 +38,11 @@
 #define PE_THREADS 256
 #define PE_SBK 16
 #define PE_SLD (PE_BM + 4)
-// Pipelines of STAGES tiles of BM + BN rows of BK + 8 halves: K steps of 32 in 4 stages, or
-// of 64 in 3 (the candidate patch_embed_mma64_*).
-#define PE_SMEM_BYTES (4 * (PE_BM + PE_BN) * (32 + 8) * 2)
-#define PE_SMEM64_BYTES (3 * (PE_BM + PE_BN) * (64 + 8) * 2)
+// The tensor-core pipeline: STAGES tiles of BM + BN rows of BK + 8 halves. K steps of 32 in 4
+// stages (mma; simt fits in the same), or of 64 in 3 (the candidate patch_embed_mma64_*).
+#define PE_PIPE_BYTES(BK, STAGES) ((STAGES) * (PE_BM + PE_BN) * ((BK) + 8) * 2)
+#define PE_SMEM_BYTES PE_PIPE_BYTES(32, 4)
+#define PE_SMEM64_BYTES PE_PIPE_BYTES(64, 3)
 
 // ------------------------------------------------------------------------------ dtypes
 
@@ -186,7 +187,7 @@ __device__ __forceinline__ void pe_emit(const PeArgs<T>& a, long long m, int e, 
 
 // BK is the K step and STAGES the depth of the cp.async pipeline: 32 and 4 (rows of 40
 // halves, PE_SMEM_BYTES), or 64 and 3 (rows of 72, PE_SMEM64_BYTES: half the barriers per
-// product, for devices that give a block that much shared memory).
+// product, where two such blocks fit a multiprocessor).
 template <class T, int BK, int STAGES>
 __device__ __forceinline__ void pe_mma(const PeArgs<T>& a) {
     constexpr int LDK = BK + 8;  // row pitch in halves: ldmatrix rows fall in distinct banks
@@ -198,6 +199,8 @@ __device__ __forceinline__ void pe_mma(const PeArgs<T>& a) {
     extern __shared__ __align__(16) unsigned char pe_smem[];
     unsigned short* As = (unsigned short*)pe_smem;     // [STAGES][BM][LDK]
     unsigned short* Bs = As + STAGES * PE_BM * LDK;     // [STAGES][BN][LDK]
+    static_assert(STAGES * (PE_BM + PE_BN) * LDK * 2 == PE_PIPE_BYTES(BK, STAGES),
+                  "the layout above is PE_PIPE_BYTES");
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, tig = lane & 3;
     const int n_tiles = (a.E + PE_BN - 1) / PE_BN;

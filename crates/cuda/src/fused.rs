@@ -35,7 +35,7 @@ use glimpse_tensor::{
 };
 use half::{bf16, f16};
 
-use crate::backend::{BLOCK, CudaBackend, drv, grid_for};
+use crate::backend::{BLOCK, CudaBackend, KernelCandidates, drv, grid_for};
 use crate::ops::suffix;
 use crate::storage::{CudaData, CudaStorage, storage_of};
 
@@ -91,6 +91,14 @@ fn contrastive_tiles(be: &CudaBackend, mma: bool) -> (&'static str, u32) {
 /// (`PE_SMEM64_BYTES`: 3 stages of rows of 72 halves).
 const PE_SMEM_BYTES: u32 = (4 * (128 + 128) * 40 * 2) as u32;
 const PE_SMEM64_BYTES: u32 = (3 * (128 + 128) * 72 * 2) as u32;
+/// Whether two blocks with `smem` bytes of dynamic shared memory each (and the 1 KB per block
+/// the driver reserves) fit one multiprocessor, as the default kernels' blocks do: the gate of
+/// the candidates with larger tiles (Hopper yes; an A100 would hold one, Ada's 99 KB blocks
+/// none).
+fn two_blocks_fit(be: &CudaBackend, smem: u32) -> bool {
+    be.max_shared_memory_per_block() >= 2 * (smem as usize + 1024)
+}
+
 /// Largest strip of contrastive gradient weights the backward holds at once.
 const CT_STRIP_BYTES: usize = 256 << 20;
 
@@ -414,6 +422,22 @@ fn attn_mma_smem(d: usize, rows: usize, wide: bool) -> u32 {
     ((rows + 4 * bc) * (d + 8) * 2 + 2 * bc * 4) as u32
 }
 
+/// The tensor-core backward kernel for head dim `d` and dtype suffix `sfx`, with the
+/// candidates `_pf` (attn-bwd-prefetch) and `_red2` (attn-bwd-red2) that are on.
+fn attn_bwd_mma_name(c: KernelCandidates, d: usize, sfx: &str) -> String {
+    let pf = if c.attention_backward_prefetch {
+        "_pf"
+    } else {
+        ""
+    };
+    let red2 = if c.attention_backward_vector_atomics {
+        "_red2"
+    } else {
+        ""
+    };
+    format!("attention_bwd_mma{pf}{red2}_d{d}_{sfx}")
+}
+
 /// Keys per tile of the tensor-core forward (`AT_FWD_MMA_BC` in attention.cu): 64, or 32 for
 /// 128 rows at D = 128 unless `wide` (`attention_fwd_mma2_k64_d128_*`).
 fn attn_fwd_key_tile(d: usize, rows: usize, wide: bool) -> usize {
@@ -484,14 +508,11 @@ pub(crate) fn attention(
     let blocks = bsz * heads * tiles;
     let (name, cfg) = if mma {
         let candidates = be.kernel_candidates();
-        // The 64-key kernel exists for 128 rows at D = 128 only (below, mma2 has 64 already),
-        // and runs where two of its blocks fit a multiprocessor, as the default's do: Hopper,
-        // not an A100 (one block) or Ada (99 KB per block, less than it needs).
+        // The 64-key kernel exists for 128 rows at D = 128 only (below, mma2 has 64 already).
         let wide = candidates.attention_forward_wide_key_tiles
             && rows == 128
             && d == 128
-            && be.max_shared_memory_per_block()
-                >= 2 * (attn_mma_smem(d, rows, true) as usize + 1024);
+            && two_blocks_fit(be, attn_mma_smem(d, rows, true));
         let kernel = match (rows, wide, candidates.attention_forward_skip_padding) {
             (_, true, _) => "mma2_k64",
             (128, false, true) => "mma2_skip",
@@ -649,20 +670,7 @@ pub(crate) fn attention_backward(
     {
         let (name, key_block, threads, smem) = if mma {
             (
-                {
-                    let c = be.kernel_candidates();
-                    let pf = if c.attention_backward_prefetch {
-                        "_pf"
-                    } else {
-                        ""
-                    };
-                    let red2 = if c.attention_backward_vector_atomics {
-                        "_red2"
-                    } else {
-                        ""
-                    };
-                    format!("attention_bwd_mma{pf}{red2}_d{d}_{sfx}")
-                },
+                attn_bwd_mma_name(be.kernel_candidates(), d, sfx),
                 ATTN_MMA_BC,
                 ATTN_MMA_THREADS,
                 attn_bwd_mma_smem(d),
@@ -809,11 +817,7 @@ pub(crate) fn patch_embed(
         .as_ref()
         .map(Tensor::contiguous)
         .transpose()?;
-    // Two such blocks per multiprocessor (each with the 1 KB the driver reserves), as the
-    // default keeps: Hopper, not an A100 (164 KB) or Ada (99 KB per block).
-    let k64 = mma
-        && be.kernel_candidates().patch_embed_k64
-        && be.max_shared_memory_per_block() >= 2 * (PE_SMEM64_BYTES as usize + 1024);
+    let k64 = mma && be.kernel_candidates().patch_embed_k64 && two_blocks_fit(be, PE_SMEM64_BYTES);
     let (kind, smem) = match (mma, k64) {
         (true, true) => ("mma64", PE_SMEM64_BYTES),
         (true, false) => ("mma", PE_SMEM_BYTES),

@@ -1,7 +1,7 @@
 //! glimpse-cuda: the CUDA backend of glimpse.
 //!
-//! * The driver, NVRTC, cuBLAS and cuBLASLt are loaded at run time (cudarc's `dynamic-loading`), so the
-//!   crate builds and its tests run without a CUDA toolkit; on a machine without CUDA,
+//! * The driver, NVRTC, cuBLAS and cuBLASLt are loaded at run time (cudarc's
+//!   `dynamic-loading`), so the crate builds and its tests run without a CUDA toolkit; on a machine without CUDA,
 //!   [`device`] returns an error and [`is_available`] is false (never a panic).
 //! * Kernels are hand-written CUDA C++ in `kernels/cuda/*.cu` (the `glimpse-kernels` crate),
 //!   compiled by NVRTC for the device's own architecture (`sm_XY`) at first use and cached.

@@ -97,11 +97,14 @@ fn step_aside(why: &str) -> Result<Option<Tensor>> {
     Ok(None)
 }
 
-/// How a row-major `rows x cols` matrix with strides `(rs, cs)` is read as column-major
-/// `cols x rows`: its leading dimension, when the columns are unit-stride.
+/// The leading dimension of a row-major `rows x cols` matrix with strides `(rs, cs)` read as
+/// the column-major `cols x rows` as is: the matrix product's own reading
+/// ([`crate::matmul::operand`]) when it needs no transpose.
 fn leading_dim(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
-    let ld = if rows <= 1 { cols.max(1) } else { rs };
-    ((cols <= 1 || cs == 1) && ld >= cols.max(1)).then_some(ld)
+    match crate::matmul::operand(rows, cols, rs, cs) {
+        Some((cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N, ld)) => Some(ld),
+        _ => None,
+    }
 }
 
 /// The largest power of two (up to 256) dividing a device address: what the heuristic may
@@ -240,43 +243,45 @@ pub(crate) fn linear(
     let b_layout = layout(k, m, ld_x)?; // x as stored: K x M column-major
     let d_layout = layout(n, m, n)?; // y^T: N x M column-major = y row-major
 
-    let pref = Owned(
-        lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?,
-        lt::destroy_matmul_pref,
-    );
-    let set_pref = |attr, value: *const c_void, size: usize| {
-        // SAFETY: `pref` is live; `value` points at `size` bytes of the attribute's type (u64
-        // for the workspace size, u32 for alignments), copied by cuBLASLt.
-        unsafe { lt::set_matmul_pref_attribute(pref.0, attr, value, size) }
-            .map_err(|e| lt_err("preference attribute", e))
-    };
-    use sys::cublasLtMatmulPreferenceAttributes_t as P;
-    let workspace = WORKSPACE_BYTES as u64;
-    set_pref(
-        P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-        (&workspace as *const u64).cast(),
-        8,
-    )?;
-    // Only algorithms that work at the operands' actual alignment (the default assumes 256).
-    for (attr, address) in [
-        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, w_at),
-        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, x_at),
-        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, d_at),
-        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, d_at),
-    ] {
-        let a = alignment(address);
-        set_pref(attr, (&a as *const u32).cast(), 4)?;
-    }
-
+    let aligned = [alignment(w_at), alignment(x_at), alignment(d_at)];
     let key: PlanKey = (
         dtype,
         compute == sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
         [m, n, k, ld_x, ld_w],
-        [alignment(w_at), alignment(x_at), alignment(d_at)],
+        aligned,
     );
     let algo = match h.plans.get(&key) {
         Some(&plan) => plan,
         None => {
+            // The heuristic's preferences, needed only for a new key.
+            let pref = Owned(
+                lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?,
+                lt::destroy_matmul_pref,
+            );
+            let set_pref = |attr, value: *const c_void, size: usize| {
+                // SAFETY: `pref` is live; `value` points at `size` bytes of the attribute's
+                // type (u64 for the workspace size, u32 for alignments), copied by cuBLASLt.
+                unsafe { lt::set_matmul_pref_attribute(pref.0, attr, value, size) }
+                    .map_err(|e| lt_err("preference attribute", e))
+            };
+            use sys::cublasLtMatmulPreferenceAttributes_t as P;
+            let workspace = WORKSPACE_BYTES as u64;
+            set_pref(
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&workspace as *const u64).cast(),
+                8,
+            )?;
+            // Only algorithms that work at the operands' actual alignment (the default
+            // assumes 256).
+            let [a_w, a_x, a_d] = aligned;
+            for (attr, a) in [
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a_w),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, a_x),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, a_d),
+                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, a_d),
+            ] {
+                set_pref(attr, (&a as *const u32).cast(), 4)?;
+            }
             // SAFETY: every descriptor is live; the layouts describe the buffers as above.
             let heuristic = unsafe {
                 lt::get_matmul_algo_heuristic(

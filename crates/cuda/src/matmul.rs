@@ -28,7 +28,12 @@ use glimpse_tensor::merge::Merged;
 
 /// How cuBLAS reads one row-major operand of `rows x cols` with strides `(rs, cs)`: whether it
 /// transposes, and the leading dimension. `None` if neither reading works.
-fn operand(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<(cublasOperation_t, usize)> {
+pub(crate) fn operand(
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+) -> Option<(cublasOperation_t, usize)> {
     // Row-major: unit column stride; X^T is column-major (cols x rows) with ld = rs.
     let ld = if rows <= 1 { cols.max(1) } else { rs };
     if (cols <= 1 || cs == 1) && ld >= cols.max(1) {

@@ -60,6 +60,11 @@ fn candidate_cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// The largest magnitude among `values`, the scale of a comparison's absolute floor.
+fn largest(values: &[f64]) -> f64 {
+    values.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
 /// Turns exactly `candidates` on, where there is a backend.
 fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
     if let Some(be) = be {
@@ -73,9 +78,9 @@ fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
 /// it (every skipped probability is exactly 0), the one with 64-key tiles (on Hopper) the
 /// same values within rounding; each backward candidate, from the default forward's results,
 /// the same dK and dV bits (the same products in the same order) and dQ within rounding (its
-/// f32 atomics land in any order in both). Shapes around the tile sizes,
-/// both forward tilings, causal and key-padding masks, head-split (strided) inputs, both half
-/// types, every tensor-core head dim, positive and negative scales.
+/// f32 atomics land in any order in both). Shapes around the tile sizes, both forward
+/// tilings, causal and key-padding masks, head-split (strided) inputs, both half types, every
+/// tensor-core head dim, positive and negative scales.
 #[test]
 fn attention_candidates_match_the_kernels_they_would_replace() {
     let name = "attention_candidates_match_the_kernels_they_would_replace";
@@ -149,11 +154,10 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
             attention_forward_wide_key_tiles: true,
             ..KernelCandidates::default()
         });
-        let largest_v = values(&v).iter().fold(0.0f64, |m, x| m.max(x.abs()));
         assert_close_scaled(
             &values(&wide.out),
             &values(&fwd0.out),
-            &[largest_v],
+            &[largest(&values(&v))],
             tol(dtype),
             "attention out (attn-fwd-k64)",
         );
@@ -181,7 +185,7 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
         exact("attention out (attn-fwd-skip)", &fwd1.out, &fwd0.out)?;
         exact("attention lse (attn-fwd-skip)", &fwd1.lse, &fwd0.lse)?;
         let want_dq = values(&grads0.dq);
-        let largest = want_dq.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let dq_scale = 1e-3 * largest(&want_dq);
         for (name, candidate) in [
             (
                 "attn-bwd-prefetch",
@@ -205,7 +209,7 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
             assert_close_scaled(
                 &values(&grads1.dq),
                 &want_dq,
-                &[1e-3 * largest],
+                &[dq_scale],
                 tol(dtype),
                 &format!("dq ({name})"),
             );
