@@ -363,7 +363,9 @@ status=0
 # attention forward fixed, so both kernels are checked whatever the automatic choice picks,
 # and three more times (the compositions once more) with every kernel candidate on
 # (GLIMPSE_CUDA_CANDIDATES=all: kernels not yet run on a GPU, off by default; see
-# glimpse_cuda::KernelCandidates).
+# glimpse_cuda::KernelCandidates), and once with the shared memory per block of Ada and
+# consumer Ampere (99 KB: the contrastive kernels with K steps of 32, no candidate that needs
+# more).
 jobs=()
 run_job() {  # run_job NAME COMMAND...: in the background, log and exit code under /tmp
     local name=$1
@@ -386,6 +388,7 @@ for rows in 64 128; do
     start "fused-candidates-rows$rows" tests/fused GLIMPSE_CUDA_CANDIDATES=all \
         GLIMPSE_CUDA_ATTN_FWD_ROWS=$rows
 done
+start fused-smem99k tests/fused GLIMPSE_CUDA_SMEM_LIMIT=99K GLIMPSE_CUDA_CANDIDATES=all
 # Out-of-bounds accesses (memcheck) and shared-memory races (racecheck) in the candidates,
 # through their tests (six cases each, small shapes; the tests switch the candidates on
 # themselves).

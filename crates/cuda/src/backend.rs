@@ -35,6 +35,7 @@
 //! kernel; the impl below names each one it routes there (all but `linear`, which is a cuBLAS
 //! product plus a bias add either way).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -80,21 +81,55 @@ pub(crate) fn drv(what: &str, e: DriverError) -> Error {
     Error::backend("cuda", format!("{what}: {e:?}"))
 }
 
-/// `GLIMPSE_CUDA_ATTN_FWD_ROWS` as a fixed tiling (64 or 128) or 0 (unset, empty or `auto`:
-/// chosen by shape). Any other value is reported on stderr and treated as `auto`: a tuning
-/// variable should not keep the device from opening.
-fn attention_forward_rows_from_env() -> usize {
-    const VAR: &str = "GLIMPSE_CUDA_ATTN_FWD_ROWS";
-    match std::env::var(VAR) {
-        Err(std::env::VarError::NotPresent) => 0,
-        Ok(v) if matches!(v.trim(), "" | "auto") => 0,
-        Ok(v) if v.trim() == "64" => 64,
-        Ok(v) if v.trim() == "128" => 128,
-        other => {
-            eprintln!("glimpse-cuda: ignoring {VAR}={other:?}; it takes 64, 128 or auto");
-            0
+/// A tuning or testing variable of the environment: `default` when `var` is unset, else what
+/// `parse` makes of its value. A value `parse` refuses is reported on stderr and gives
+/// `default`: such a variable should not keep the device from opening.
+fn env_setting<T>(var: &str, default: T, parse: impl FnOnce(&str) -> Result<T>) -> T {
+    match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => default,
+        Ok(v) => parse(&v).unwrap_or_else(|e| {
+            eprintln!("glimpse-cuda: ignoring {var}={v:?}: {e}");
+            default
+        }),
+        Err(e) => {
+            eprintln!("glimpse-cuda: ignoring {var}: {e}");
+            default
         }
     }
+}
+
+/// `GLIMPSE_CUDA_ATTN_FWD_ROWS`'s syntax: 64 or 128 (a fixed tiling of the attention forward),
+/// or empty or `auto` (`None`: chosen by shape).
+fn parse_attention_forward_rows(v: &str) -> Result<Option<usize>> {
+    match v.trim() {
+        "" | "auto" => Ok(None),
+        "64" => Ok(Some(64)),
+        "128" => Ok(Some(128)),
+        _ => Err(Error::invalid(
+            "GLIMPSE_CUDA_ATTN_FWD_ROWS",
+            "it takes 64, 128 or auto",
+        )),
+    }
+}
+
+/// `GLIMPSE_CUDA_SMEM_LIMIT`'s syntax: a number of bytes, or of KiB with a `K` suffix
+/// (`99K` is Ada's 101376 bytes per block).
+fn parse_shared_memory_limit(v: &str) -> Result<usize> {
+    let v = v.trim();
+    let (digits, unit) = match v.strip_suffix(['K', 'k']) {
+        Some(d) => (d, 1024),
+        None => (v, 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| {
+            Error::invalid(
+                "GLIMPSE_CUDA_SMEM_LIMIT",
+                "it takes a number of bytes, or of KiB with a K suffix (99K)",
+            )
+        })
 }
 
 /// Kernel variants that are written, compiled and tested by the CUDA test suite but have not
@@ -191,25 +226,77 @@ impl KernelCandidates {
     }
 }
 
-/// `GLIMPSE_CUDA_CANDIDATES` (see [`KernelCandidates::parse`]); a bad value is reported on
-/// stderr and leaves every candidate off.
-fn candidates_from_env() -> KernelCandidates {
-    const VAR: &str = "GLIMPSE_CUDA_CANDIDATES";
-    match std::env::var(VAR) {
-        Err(std::env::VarError::NotPresent) => KernelCandidates::default(),
-        Ok(v) => KernelCandidates::parse(&v).unwrap_or_else(|e| {
-            eprintln!("glimpse-cuda: ignoring {VAR}={v:?}: {e}");
-            KernelCandidates::default()
-        }),
-        Err(e) => {
-            eprintln!("glimpse-cuda: ignoring {VAR}: {e}");
-            KernelCandidates::default()
-        }
-    }
-}
-
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The kernel choices a thread may fix for its own CUDA ops with [`with_kernel_choices`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelChoices {
+    /// The kernel candidates in use.
+    pub candidates: KernelCandidates,
+    /// Query rows per block of the tensor-core attention forward (64 or 128), or `None` to
+    /// choose by shape (see [`CudaBackend::set_attention_forward_rows`]).
+    pub attention_forward_rows: Option<usize>,
+}
+
+thread_local! {
+    /// The choices [`with_kernel_choices`] has put in force on this thread, if any.
+    static THREAD_CHOICES: Cell<Option<KernelChoices>> = const { Cell::new(None) };
+    /// `linear` products the `linear-lt` candidate has run on this thread.
+    static THREAD_LINEAR_LT_PRODUCTS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `body` with `choices` in force for the CUDA ops this thread runs, on every device and
+/// over the devices' own settings; the thread's previous choices come back afterwards, also
+/// when `body` panics. An op's host side runs on the thread that calls it, so tests and
+/// benchmarks can compare kernels side by side while ops on other threads keep the devices'
+/// settings. An attention tiling other than 64 or 128 rows is an error.
+///
+/// ```no_run
+/// use glimpse_cuda::{KernelCandidates, KernelChoices, with_kernel_choices};
+/// use glimpse_tensor::{DType, Tensor};
+/// # fn main() -> glimpse_tensor::Result<()> {
+/// let device = glimpse_cuda::device(0)?;
+/// let x = Tensor::rand_normal(0.0, 1.0, [256, 768], DType::BF16, 0, &device)?;
+/// let w = Tensor::rand_normal(0.0, 1.0, [3072, 768], DType::BF16, 1, &device)?;
+/// let b = Tensor::zeros([3072], DType::BF16, &device)?;
+/// let lt = KernelChoices {
+///     candidates: KernelCandidates::parse("linear-lt")?,
+///     ..KernelChoices::default()
+/// };
+/// let y = with_kernel_choices(lt, || x.linear(&w, Some(&b)))??;
+/// # Ok(()) }
+/// ```
+pub fn with_kernel_choices<R>(choices: KernelChoices, body: impl FnOnce() -> R) -> Result<R> {
+    if let Some(rows) = choices.attention_forward_rows {
+        check_attention_forward_rows("with_kernel_choices", rows)?;
+    }
+    struct Restore(Option<KernelChoices>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREAD_CHOICES.set(self.0);
+        }
+    }
+    let _restore = Restore(THREAD_CHOICES.replace(Some(choices)));
+    Ok(body())
+}
+
+/// How many `linear` products the `linear-lt` candidate has run on this thread (it steps
+/// aside for inputs it does not take): for tests and benchmarks that must know it ran.
+pub fn linear_lt_products_on_this_thread() -> usize {
+    THREAD_LINEAR_LT_PRODUCTS.get()
+}
+
+fn check_attention_forward_rows(op: &'static str, rows: usize) -> Result<()> {
+    if matches!(rows, 64 | 128) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            format!("{rows} rows per block; the kernels take 64 or 128"),
+        ))
+    }
 }
 
 /// One CUDA device. Create it through [`crate::device`] (one per ordinal per process).
@@ -229,15 +316,15 @@ pub struct CudaBackend {
     allow_tf32: AtomicBool,
     /// Streaming multiprocessors on the device.
     sm_count: usize,
-    /// The most dynamic shared memory one block may opt in to, in bytes.
+    /// The most dynamic shared memory one block may opt in to, in bytes, or less where
+    /// `GLIMPSE_CUDA_SMEM_LIMIT` says so.
     smem_optin: usize,
     /// Query rows per block of the tensor-core attention forward: 64, 128, or 0 to choose by
-    /// shape. Starts as `GLIMPSE_CUDA_ATTN_FWD_ROWS` (64, 128 or auto).
+    /// shape. Starts as `GLIMPSE_CUDA_ATTN_FWD_ROWS` (64, 128 or auto); a thread's
+    /// [`with_kernel_choices`] overrides it.
     attention_forward_rows: AtomicUsize,
     /// [`KernelCandidates`] as bits; starts as `GLIMPSE_CUDA_CANDIDATES`.
     candidates: AtomicUsize,
-    /// `linear` products the `linear-lt` candidate ran (the tests check it was used).
-    linear_lt_products: AtomicUsize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -289,7 +376,21 @@ impl CudaBackend {
         })
         .map_err(|e| Error::backend("cuda", e))??;
         let (ctx, stream, name, arch, (sm_count, smem_optin)) = opened;
-        let attention_forward_rows = attention_forward_rows_from_env();
+        let rows = env_setting(
+            "GLIMPSE_CUDA_ATTN_FWD_ROWS",
+            None,
+            parse_attention_forward_rows,
+        );
+        let candidates = env_setting(
+            "GLIMPSE_CUDA_CANDIDATES",
+            KernelCandidates::default(),
+            KernelCandidates::parse,
+        );
+        let smem_optin = smem_optin.min(env_setting(
+            "GLIMPSE_CUDA_SMEM_LIMIT",
+            usize::MAX,
+            parse_shared_memory_limit,
+        ));
         Ok(CudaBackend {
             ordinal,
             name,
@@ -305,9 +406,8 @@ impl CudaBackend {
             allow_tf32: AtomicBool::new(env_flag("GLIMPSE_CUDA_ALLOW_TF32")),
             sm_count,
             smem_optin,
-            attention_forward_rows: AtomicUsize::new(attention_forward_rows),
-            candidates: AtomicUsize::new(candidates_from_env().bits()),
-            linear_lt_products: AtomicUsize::new(0),
+            attention_forward_rows: AtomicUsize::new(rows.unwrap_or(0)),
+            candidates: AtomicUsize::new(candidates.bits()),
         })
     }
 
@@ -356,7 +456,10 @@ impl CudaBackend {
     }
 
     /// The most dynamic shared memory one block may opt in to, in bytes (227 KB on Hopper,
-    /// 163 KB on an A100, 99 KB on Ada and consumer Ampere).
+    /// 163 KB on an A100, 99 KB on Ada and consumer Ampere), which decides between kernels
+    /// with larger and smaller tiles. `GLIMPSE_CUDA_SMEM_LIMIT` (bytes, or KiB with a `K`
+    /// suffix) lowers it, so that one card can run the kernels smaller cards get (the bundle
+    /// runs the fused tests at `99K` on its GPU).
     pub fn max_shared_memory_per_block(&self) -> usize {
         self.smem_optin
     }
@@ -367,48 +470,45 @@ impl CudaBackend {
     /// unless `GLIMPSE_CUDA_ATTN_FWD_ROWS` says otherwise). For benchmarks and for tests that
     /// must reach both kernels; any other value is an error.
     pub fn set_attention_forward_rows(&self, rows: Option<usize>) -> Result<()> {
-        let v = match rows {
-            None => 0,
-            Some(r @ (64 | 128)) => r,
-            Some(r) => {
-                return Err(Error::invalid(
-                    "set_attention_forward_rows",
-                    format!("{r} rows per block; the kernels take 64 or 128"),
-                ));
-            }
-        };
-        self.attention_forward_rows.store(v, Ordering::Relaxed);
+        if let Some(r) = rows {
+            check_attention_forward_rows("set_attention_forward_rows", r)?;
+        }
+        self.attention_forward_rows
+            .store(rows.unwrap_or(0), Ordering::Relaxed);
         Ok(())
     }
 
-    /// The fixed query rows per block of the attention forward, if any.
+    /// The fixed query rows per block of the attention forward on this thread, if any: the
+    /// thread's [`with_kernel_choices`], else the device's setting.
     pub fn attention_forward_rows(&self) -> Option<usize> {
+        if let Some(c) = THREAD_CHOICES.get() {
+            return c.attention_forward_rows;
+        }
         match self.attention_forward_rows.load(Ordering::Relaxed) {
             0 => None,
             r => Some(r),
         }
     }
 
-    /// Turns kernel candidates on or off (see [`KernelCandidates`]; all off unless
-    /// `GLIMPSE_CUDA_CANDIDATES` says otherwise). For benchmarks and tests that compare a
-    /// candidate with the kernel it would replace.
+    /// Turns kernel candidates on or off for every thread (see [`KernelCandidates`]; all off
+    /// unless `GLIMPSE_CUDA_CANDIDATES` says otherwise). For benchmarks; tests that compare a
+    /// candidate with the kernel it would replace use [`with_kernel_choices`], which leaves
+    /// other threads alone.
     pub fn set_kernel_candidates(&self, candidates: KernelCandidates) {
         self.candidates.store(candidates.bits(), Ordering::Relaxed);
     }
 
-    /// The kernel candidates in use.
+    /// The kernel candidates in use on this thread: the thread's [`with_kernel_choices`],
+    /// else the device's setting.
     pub fn kernel_candidates(&self) -> KernelCandidates {
-        KernelCandidates::from_bits(self.candidates.load(Ordering::Relaxed))
-    }
-
-    /// How many `linear` products the `linear-lt` candidate has run on this device (it steps
-    /// aside for inputs it does not take): for tests and benchmarks that must know it ran.
-    pub fn linear_lt_products(&self) -> usize {
-        self.linear_lt_products.load(Ordering::Relaxed)
+        match THREAD_CHOICES.get() {
+            Some(c) => c.candidates,
+            None => KernelCandidates::from_bits(self.candidates.load(Ordering::Relaxed)),
+        }
     }
 
     pub(crate) fn count_linear_lt(&self) {
-        self.linear_lt_products.fetch_add(1, Ordering::Relaxed);
+        THREAD_LINEAR_LT_PRODUCTS.set(THREAD_LINEAR_LT_PRODUCTS.get() + 1);
     }
 
     /// Waits until every queued operation has finished, reporting asynchronous errors.
@@ -933,7 +1033,10 @@ impl Backend for CudaBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::KernelCandidates;
+    use super::{
+        KernelCandidates, KernelChoices, THREAD_CHOICES, parse_attention_forward_rows,
+        parse_shared_memory_limit, with_kernel_choices,
+    };
 
     #[test]
     fn kernel_candidate_lists_parse() {
@@ -965,5 +1068,63 @@ mod tests {
         for c in [none, skip, KernelCandidates::ALL] {
             assert_eq!(KernelCandidates::from_bits(c.bits()), c);
         }
+    }
+
+    #[test]
+    fn tuning_variables_parse() {
+        assert_eq!(parse_shared_memory_limit("99K").unwrap(), 101376);
+        assert_eq!(parse_shared_memory_limit(" 163k ").unwrap(), 163 * 1024);
+        assert_eq!(parse_shared_memory_limit("101376").unwrap(), 101376);
+        for bad in ["", "K", "-1", "99 KB", "1.5K", "99999999999999999999K"] {
+            let err = parse_shared_memory_limit(bad).unwrap_err();
+            assert!(err.to_string().contains("GLIMPSE_CUDA_SMEM_LIMIT"), "{err}");
+        }
+        for (v, want) in [
+            ("", None),
+            ("auto", None),
+            (" 64", Some(64)),
+            ("128", Some(128)),
+        ] {
+            assert_eq!(parse_attention_forward_rows(v).unwrap(), want, "{v:?}");
+        }
+        for bad in ["32", "64,128", "all"] {
+            assert!(parse_attention_forward_rows(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// `with_kernel_choices` puts the thread's previous choices back, after nesting and after
+    /// a panic, leaves other threads alone and refuses a tiling the kernels lack.
+    #[test]
+    fn thread_kernel_choices_are_scoped_to_the_thread() {
+        let skip = KernelChoices {
+            candidates: KernelCandidates::parse("attn-fwd-skip").unwrap(),
+            attention_forward_rows: Some(128),
+        };
+        let all = KernelChoices {
+            candidates: KernelCandidates::ALL,
+            attention_forward_rows: None,
+        };
+        assert_eq!(THREAD_CHOICES.get(), None);
+        let seen = with_kernel_choices(skip, || {
+            let inner = with_kernel_choices(all, || THREAD_CHOICES.get()).unwrap();
+            let other_thread = std::thread::spawn(|| THREAD_CHOICES.get()).join().unwrap();
+            (THREAD_CHOICES.get(), inner, other_thread)
+        })
+        .unwrap();
+        assert_eq!(seen, (Some(skip), Some(all), None));
+        assert_eq!(THREAD_CHOICES.get(), None);
+
+        let panicked = std::panic::catch_unwind(|| {
+            with_kernel_choices(all, || panic!("a failing comparison")).unwrap();
+        });
+        assert!(panicked.is_err());
+        assert_eq!(THREAD_CHOICES.get(), None);
+
+        let odd = KernelChoices {
+            attention_forward_rows: Some(96),
+            ..KernelChoices::default()
+        };
+        let err = with_kernel_choices(odd, || unreachable!("refused before running")).unwrap_err();
+        assert!(err.to_string().contains("96 rows"), "{err}");
     }
 }

@@ -31,7 +31,7 @@ use cudarc::driver::{
 };
 use glimpse_tensor::{
     AttentionGrads, AttentionOptions, AttentionOutput, ContrastiveGrads, ContrastiveOutput, DType,
-    PatchEmbedOptions, Result, Shape, Tensor, compose,
+    Error, PatchEmbedOptions, Result, Shape, Tensor, compose,
 };
 use half::{bf16, f16};
 
@@ -201,8 +201,27 @@ fn arg_view_mut<'a, 'b: 'a>(b: &mut LaunchArgs<'a>, v: &'a mut ViewMut<'b>) {
     };
 }
 
-/// Lets `f` use `bytes` of dynamic shared memory (kernels above 48 KB must opt in).
-fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
+/// The kernel `name` of `source`, allowed `bytes` of dynamic shared memory per block (kernels
+/// above 48 KB must opt in). A kernel that needs more than the device gives a block
+/// ([`CudaBackend::max_shared_memory_per_block`], which `GLIMPSE_CUDA_SMEM_LIMIT` may lower)
+/// is an error here rather than a failed launch.
+fn smem_function(
+    be: &CudaBackend,
+    source: &'static str,
+    name: &str,
+    bytes: u32,
+) -> Result<CudaFunction> {
+    if bytes as usize > be.max_shared_memory_per_block() {
+        return Err(Error::backend(
+            "cuda",
+            format!(
+                "kernel {name} needs {bytes} bytes of shared memory per block; this device \
+                 allows {}",
+                be.max_shared_memory_per_block()
+            ),
+        ));
+    }
+    let f = be.function(source, name)?;
     if bytes > SMEM_DEFAULT {
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -210,7 +229,7 @@ fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
         )
         .map_err(|e| drv("raising the shared-memory limit", e))?;
     }
-    Ok(())
+    Ok(f)
 }
 
 fn cfg_1d(blocks: usize, threads: u32, smem: u32) -> LaunchConfig {
@@ -530,8 +549,7 @@ pub(crate) fn attention(
             cfg_1d(blocks, ATTN_SIMT_THREADS, attn_simt_smem(d, dv)),
         )
     };
-    let f = be.function("attention.cu", &name)?;
-    allow_smem(&f, cfg.shared_mem_bytes)?;
+    let f = smem_function(be, "attention.cu", &name, cfg.shared_mem_bytes)?;
     let mut out = be.alloc_data(dtype, bsz * heads * nq * dv)?;
     let mut lse = CudaData::F32(be.alloc::<f32>(bsz * heads * nq)?);
     {
@@ -683,8 +701,7 @@ pub(crate) fn attention_backward(
                 attn_bwd_smem(d, dv),
             )
         };
-        let f = be.function("attention.cu", &name)?;
-        allow_smem(&f, smem)?;
+        let f = smem_function(be, "attention.cu", &name, smem)?;
         let (qv, kv, vv, gv, lv) = (view(&q)?, view(&k)?, view(&v)?, view(&g)?, view(&lse)?);
         let mv = mask.as_ref().map(view).transpose()?;
         let [qsb, qsh, qsn] = strides3(&q);
@@ -824,8 +841,7 @@ pub(crate) fn patch_embed(
         (false, _) => ("simt", PE_SMEM_BYTES),
     };
     let name = format!("patch_embed_{kind}_{}", suffix(dtype));
-    let f = be.function("patch_embed.cu", &name)?;
-    allow_smem(&f, smem)?;
+    let f = smem_function(be, "patch_embed.cu", &name, smem)?;
     let mut out = be.alloc_data(dtype, bsz * rows * e)?;
     {
         let (iv, wv) = (view(&img)?, view(&wt)?);
@@ -918,8 +934,7 @@ pub(crate) fn contrastive_loss(
     {
         let (kind, smem) = contrastive_tiles(be, mma);
         let name = format!("contrastive_fwd_{kind}_{sfx}");
-        let f = be.function("contrastive.cu", &name)?;
-        allow_smem(&f, smem)?;
+        let f = smem_function(be, "contrastive.cu", &name, smem)?;
         let (iv, tv, sv) = (view(&img)?, view(&txt)?, view(&scale32)?);
         let (lda, ldb) = (
             img.layout().strides()[0] as i64,
@@ -1028,8 +1043,7 @@ pub(crate) fn contrastive_loss_backward(
 
     let (kind, smem) = contrastive_tiles(be, mma);
     let tile_name = format!("contrastive_bwd_{kind}_{sfx}");
-    let tile_fn = be.function("contrastive.cu", &tile_name)?;
-    allow_smem(&tile_fn, smem)?;
+    let tile_fn = smem_function(be, "contrastive.cu", &tile_name, smem)?;
     let scale_name = format!("contrastive_scale_{sfx}");
     let scale_fn = be.function("contrastive.cu", &scale_name)?;
 

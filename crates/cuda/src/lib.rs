@@ -11,12 +11,15 @@
 //!   unless `GLIMPSE_CUDA_ALLOW_TF32=1` or [`CudaBackend::set_allow_tf32`]).
 //! * Kernels written but not yet run on a GPU are [`KernelCandidates`], off unless
 //!   `GLIMPSE_CUDA_CANDIDATES` (`all`, or a comma-separated list) or
-//!   [`CudaBackend::set_kernel_candidates`] turns them on.
+//!   [`CudaBackend::set_kernel_candidates`] turns them on; [`with_kernel_choices`] turns them
+//!   on for the calling thread only.
 //!
 //! Environment: `GLIMPSE_CUDA_POISON=1` fills every fresh allocation with 0xFF bytes (NaN) and
 //! synchronises after every kernel, `GLIMPSE_CUDA_SYNC=1` only synchronises (errors are then
 //! reported by the op that caused them); `GLIMPSE_CUDA_ATTN_FWD_ROWS` and
-//! `GLIMPSE_CUDA_CANDIDATES` choose kernels. All are read when a device is first opened.
+//! `GLIMPSE_CUDA_CANDIDATES` choose kernels; `GLIMPSE_CUDA_SMEM_LIMIT` (e.g. `99K`) makes a
+//! card choose the kernels of a card with less shared memory per block. All are read when a
+//! device is first opened.
 //!
 //! ```no_run
 //! use glimpse_tensor::{DType, Tensor};
@@ -37,7 +40,10 @@ mod nvrtc;
 mod ops;
 mod storage;
 
-pub use backend::{CudaBackend, KernelCandidates};
+pub use backend::{
+    CudaBackend, KernelCandidates, KernelChoices, linear_lt_products_on_this_thread,
+    with_kernel_choices,
+};
 pub use nvrtc::{Library, compile_to_ptx, library_present};
 pub use storage::{CudaData, CudaStorage, cuda_storage, storage_of};
 

@@ -7,7 +7,9 @@
 //! `GLIMPSE_REQUIRE_CUDA=1` makes a missing device a failure; `GLIMPSE_CUDA_TESTS_ON_CPU=1`
 //! runs the checks on the CPU device to check the checks.
 
-use glimpse_cuda::{CudaBackend, KernelCandidates};
+use glimpse_cuda::{
+    KernelCandidates, KernelChoices, linear_lt_products_on_this_thread, with_kernel_choices,
+};
 use glimpse_tensor::{AttentionOptions, DType, Device, PatchEmbedOptions, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -20,35 +22,59 @@ glimpse_testkit::fused_tests!(common::target);
 
 // ------------------------------------------------------------------------ kernel candidates
 
-/// For the tests of kernel candidates: the GPU device and its backend, whose kernel choices
-/// `body` may change. The choices belong to the process's one backend, so these tests take
-/// turns (a lock), and the choices are put back afterwards, even when `body` panics. Under
-/// `GLIMPSE_CUDA_TESTS_ON_CPU` there is no backend to switch (`None`): both sides of each
-/// comparison are then the CPU's, which checks the test itself.
-///
-/// Other tests of this binary running at the same time in a plain `cargo test` see the
-/// choices too; the bundle's `run.sh` runs one test at a time.
-fn with_kernel_choices(test: &str, body: impl FnOnce(&Device, Option<&CudaBackend>)) {
-    static TURNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    struct Restore<'a>(Option<(&'a CudaBackend, KernelCandidates, Option<usize>)>);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            if let Some((be, candidates, rows)) = self.0 {
-                be.set_kernel_candidates(candidates);
-                let _ = be.set_attention_forward_rows(rows);
-            }
-        }
-    }
+/// For the tests of kernel candidates: runs `body` on the GPU device, with whether it is a
+/// CUDA device (under `GLIMPSE_CUDA_TESTS_ON_CPU` it is the CPU's, and both sides of each
+/// comparison are then the CPU's, which checks the test itself). The tests switch kernels
+/// with [`with_candidates`], which changes them for the test's own thread only, so the other
+/// tests of this binary may run beside them.
+fn candidate_test(test: &str, body: impl FnOnce(&Device, bool)) {
     let Some(dev) = gpu(test) else {
         return;
     };
-    let _turn = TURNS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let be = glimpse_cuda::backend(0).ok();
-    let be = be.as_deref();
-    let _restore = Restore(be.map(|be| (be, be.kernel_candidates(), be.attention_forward_rows())));
-    body(&dev, be);
+    let cuda = dev.location().backend == "cuda";
+    body(&dev, cuda);
+}
+
+/// `run` with exactly `candidates` on, and the attention forward tiled by `rows` query rows
+/// where given, on this thread.
+fn with_candidates<R>(
+    candidates: KernelCandidates,
+    rows: Option<usize>,
+    run: impl FnOnce() -> R,
+) -> R {
+    let choices = KernelChoices {
+        candidates,
+        attention_forward_rows: rows,
+    };
+    with_kernel_choices(choices, run).expect("the tests choose 64 or 128 rows")
+}
+
+/// `GLIMPSE_CUDA_SMEM_LIMIT` (which the bundle sets to `99K` for one run of these tests, so
+/// that its card runs the kernels of cards with 99 KB per block) lowers the shared memory the
+/// backend gives a block, which is what picks the kernels with smaller tiles.
+#[test]
+fn the_shared_memory_limit_of_the_environment_is_kept() {
+    let Some(dev) = gpu("the_shared_memory_limit_of_the_environment_is_kept") else {
+        return;
+    };
+    let Ok(limit) = std::env::var("GLIMPSE_CUDA_SMEM_LIMIT") else {
+        return;
+    };
+    if dev.location().backend != "cuda" {
+        return;
+    }
+    let limit = limit.trim();
+    let bytes = match limit.strip_suffix(['K', 'k']) {
+        Some(kib) => kib.parse::<usize>().map(|k| k * 1024),
+        None => limit.parse(),
+    }
+    .expect("GLIMPSE_CUDA_SMEM_LIMIT is a number of bytes, or of KiB with a K suffix");
+    let be = glimpse_cuda::backend(0).unwrap();
+    assert!(
+        be.max_shared_memory_per_block() <= bytes,
+        "{} bytes per block under GLIMPSE_CUDA_SMEM_LIMIT={limit}",
+        be.max_shared_memory_per_block()
+    );
 }
 
 /// Cases per candidate test: `default`, or `GLIMPSE_CANDIDATE_CASES` (the bundle asks for a
@@ -65,13 +91,6 @@ fn largest(values: &[f64]) -> f64 {
     values.iter().fold(0.0f64, |m, x| m.max(x.abs()))
 }
 
-/// Turns exactly `candidates` on, where there is a backend.
-fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
-    if let Some(be) = be {
-        be.set_kernel_candidates(candidates);
-    }
-}
-
 /// The attention candidates (`attn-fwd-skip`, `attn-fwd-k64`, `attn-bwd-prefetch`,
 /// `attn-bwd-red2`), each alone against the kernel it would replace, on the same GPU inputs.
 /// The forward that skips padding must give the same bits as the one that computes and masks
@@ -84,10 +103,10 @@ fn use_candidates(be: Option<&CudaBackend>, candidates: KernelCandidates) {
 #[test]
 fn attention_candidates_match_the_kernels_they_would_replace() {
     let name = "attention_candidates_match_the_kernels_they_would_replace";
-    with_kernel_choices(name, |dev, be| attention_candidates(name, dev, be));
+    candidate_test(name, |dev, _| attention_candidates(name, dev));
 }
 
-fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
+fn attention_candidates(name: &str, dev: &Device) {
     let lengths = || {
         prop_oneof![
             prop::sample::select(vec![1usize, 63, 64, 65, 127, 128, 129, 197]),
@@ -134,12 +153,11 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
             causal,
             key_padding_mask,
         };
-        if let Some(be) = be {
-            be.set_attention_forward_rows(Some(rows)).unwrap();
-        }
         let forward = |candidates| {
-            use_candidates(be, candidates);
-            Tensor::attention(&q, &k, &v, &opts).unwrap()
+            with_candidates(candidates, Some(rows), || {
+                Tensor::attention(&q, &k, &v, &opts)
+            })
+            .unwrap()
         };
         let fwd0 = forward(KernelCandidates::default());
         let fwd1 = forward(KernelCandidates {
@@ -169,8 +187,10 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
             "attention lse (attn-fwd-k64)",
         );
         let backward = |candidates| {
-            use_candidates(be, candidates);
-            Tensor::attention_backward(&q, &k, &v, &fwd0, &d_out, &opts).unwrap()
+            with_candidates(candidates, Some(rows), || {
+                Tensor::attention_backward(&q, &k, &v, &fwd0, &d_out, &opts)
+            })
+            .unwrap()
         };
         let grads0 = backward(KernelCandidates::default());
         let exact = |what: &str, got: &Tensor, want: &Tensor| -> Result<(), TestCaseError> {
@@ -225,10 +245,10 @@ fn attention_candidates(name: &str, dev: &Device, be: Option<&CudaBackend>) {
 #[test]
 fn patch_embed_k64_gives_the_bits_of_the_default() {
     let name = "patch_embed_k64_gives_the_bits_of_the_default";
-    with_kernel_choices(name, |dev, be| patch_embed_k64(name, dev, be));
+    candidate_test(name, |dev, _| patch_embed_k64(name, dev));
 }
 
-fn patch_embed_k64(name: &str, dev: &Device, be: Option<&CudaBackend>) {
+fn patch_embed_k64(name: &str, dev: &Device) {
     let strategy = (
         (
             1..=3usize,
@@ -263,14 +283,14 @@ fn patch_embed_k64(name: &str, dev: &Device, be: Option<&CudaBackend>) {
             position_embedding: Some(rand(&[rows, e], seed ^ 4)),
         };
         let run = |patch_embed_k64| {
-            use_candidates(
-                be,
-                KernelCandidates {
-                    patch_embed_k64,
-                    ..KernelCandidates::default()
-                },
-            );
-            Tensor::patch_embed(&images, &weight, Some(&bias), &opts).unwrap()
+            let candidates = KernelCandidates {
+                patch_embed_k64,
+                ..KernelCandidates::default()
+            };
+            with_candidates(candidates, None, || {
+                Tensor::patch_embed(&images, &weight, Some(&bias), &opts)
+            })
+            .unwrap()
         };
         let (want, got) = (run(false), run(true));
         prop_assert_eq!(
@@ -289,10 +309,10 @@ fn patch_embed_k64(name: &str, dev: &Device, be: Option<&CudaBackend>) {
 #[test]
 fn linear_lt_matches_the_default_linear() {
     let name = "linear_lt_matches_the_default_linear";
-    with_kernel_choices(name, |dev, be| linear_lt(name, dev, be));
+    candidate_test(name, |dev, cuda| linear_lt(name, dev, cuda));
 }
 
-fn linear_lt(name: &str, dev: &Device, be: Option<&CudaBackend>) {
+fn linear_lt(name: &str, dev: &Device, cuda: bool) {
     let dims = || {
         prop_oneof![
             prop::sample::select(vec![1usize, 8, 63, 64, 768]),
@@ -317,21 +337,18 @@ fn linear_lt(name: &str, dev: &Device, be: Option<&CudaBackend>) {
         };
         let b = rand(&[n + b_off], seed ^ 2).narrow(0, b_off, n).unwrap();
         let run = |linear_lt| {
-            use_candidates(
-                be,
-                KernelCandidates {
-                    linear_lt,
-                    ..KernelCandidates::default()
-                },
-            );
-            x.linear(&w, Some(&b)).unwrap()
+            let candidates = KernelCandidates {
+                linear_lt,
+                ..KernelCandidates::default()
+            };
+            with_candidates(candidates, None, || x.linear(&w, Some(&b))).unwrap()
         };
-        let before = be.map(|be| be.linear_lt_products());
+        let before = linear_lt_products_on_this_thread();
         let (want, got) = (run(false), run(true));
-        if let (Some(be), Some(before)) = (be, before) {
+        if cuda {
             // cuBLASLt takes every weight whose rows are unit-stride: not a transposed one,
             // unless it is a single row or column (then either stride will do).
-            let took = be.linear_lt_products() - before;
+            let took = linear_lt_products_on_this_thread() - before;
             let takes = !w_t || k == 1 || n == 1;
             prop_assert_eq!(took, usize::from(takes), "linear-lt products run");
         }
