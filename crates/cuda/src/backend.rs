@@ -288,6 +288,10 @@ pub fn linear_lt_products_on_this_thread() -> usize {
     THREAD_LINEAR_LT_PRODUCTS.get()
 }
 
+pub(crate) fn count_linear_lt_product() {
+    THREAD_LINEAR_LT_PRODUCTS.set(THREAD_LINEAR_LT_PRODUCTS.get() + 1);
+}
+
 fn check_attention_forward_rows(op: &'static str, rows: usize) -> Result<()> {
     if matches!(rows, 64 | 128) {
         Ok(())
@@ -299,6 +303,9 @@ fn check_attention_forward_rows(op: &'static str, rows: usize) -> Result<()> {
     }
 }
 
+/// A library handle of a device, made at first use, or why it could not be.
+type HandleCell<H> = OnceLock<std::result::Result<Mutex<H>, String>>;
+
 /// One CUDA device. Create it through [`crate::device`] (one per ordinal per process).
 pub struct CudaBackend {
     ordinal: usize,
@@ -309,8 +316,8 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
-    blas: OnceLock<std::result::Result<Mutex<CudaBlas>, String>>,
-    lt: crate::lt::LtCell,
+    blas: HandleCell<CudaBlas>,
+    lt: HandleCell<crate::lt::LtHandle>,
     poison: AtomicBool,
     sync_launches: AtomicBool,
     allow_tf32: AtomicBool,
@@ -507,10 +514,6 @@ impl CudaBackend {
         }
     }
 
-    pub(crate) fn count_linear_lt(&self) {
-        THREAD_LINEAR_LT_PRODUCTS.set(THREAD_LINEAR_LT_PRODUCTS.get() + 1);
-    }
-
     /// Waits until every queued operation has finished, reporting asynchronous errors.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| drv("synchronize", e))
@@ -692,33 +695,37 @@ impl CudaBackend {
 
     /// The cuBLAS handle, created at first use on this device's stream.
     pub(crate) fn blas(&self) -> Result<MutexGuard<'_, CudaBlas>> {
-        // cuBLAS works in the thread's current context: make it this device's.
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| drv("binding the context", e))?;
-        let cell = self.blas.get_or_init(|| {
-            library_present(Library::Cublas)?;
-            let stream = self.stream.clone();
-            guard("cuBLAS", move || CudaBlas::new(stream))?
-                .map(Mutex::new)
+        self.library_handle(&self.blas, Library::Cublas, "cuBLAS", || {
+            CudaBlas::new(self.stream.clone())
                 .map_err(|e| format!("creating the cuBLAS handle: {e:?}"))
-        });
-        match cell {
-            Ok(m) => Ok(lock(m)),
-            Err(e) => Err(Error::backend("cuda", e.clone())),
-        }
+        })
     }
 
     /// The device's cuBLASLt handle and workspace (created at first use).
     pub(crate) fn lt(&self) -> Result<MutexGuard<'_, crate::lt::LtHandle>> {
+        self.library_handle(&self.lt, Library::CublasLt, "cuBLASLt", || {
+            crate::lt::LtHandle::new(self)
+        })
+    }
+
+    /// The handle in `cell`, made by `make` at first use where `lib` loads; a failure (a
+    /// missing library, an error, a panic) is kept and reported again at every later call.
+    /// Binds this device's context to the thread first: cuBLAS and cuBLASLt work in the
+    /// thread's current context.
+    fn library_handle<'a, H>(
+        &self,
+        cell: &'a HandleCell<H>,
+        lib: Library,
+        what: &str,
+        make: impl FnOnce() -> std::result::Result<H, String>,
+    ) -> Result<MutexGuard<'a, H>> {
         self.ctx
             .bind_to_thread()
             .map_err(|e| drv("binding the context", e))?;
-        let cell = self.lt.get_or_init(|| {
-            library_present(Library::CublasLt)?;
-            guard("cuBLASLt", || crate::lt::LtHandle::new(self))?.map(Mutex::new)
-        });
-        match cell {
+        match cell.get_or_init(|| {
+            library_present(lib)?;
+            guard(what, make)?.map(Mutex::new)
+        }) {
             Ok(m) => Ok(lock(m)),
             Err(e) => Err(Error::backend("cuda", e.clone())),
         }

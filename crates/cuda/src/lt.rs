@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::cublaslt::result as lt;
@@ -86,6 +85,12 @@ impl<T: Copy> Drop for Owned<T> {
 
 fn lt_err(what: &str, e: lt::CublasError) -> Error {
     Error::backend("cuda", format!("cuBLASLt {what}: {e:?}"))
+}
+
+/// A descriptor attribute's value as cuBLASLt's setters take it: its address and size in bytes
+/// (so the size always matches the value's type).
+fn attribute<T>(value: &T) -> (*const c_void, usize) {
+    ((value as *const T).cast(), std::mem::size_of::<T>())
 }
 
 /// Reports, once per process, why this path stepped aside (the default `linear` then runs).
@@ -198,39 +203,24 @@ pub(crate) fn linear(
             .map_err(|e| lt_err("matmul descriptor", e))?,
         lt::destroy_matmul_desc,
     );
-    let set_desc = |attr, value: *const c_void, size: usize| {
-        // SAFETY: `desc` is a live descriptor; `value` points at `size` bytes of the type the
-        // attribute takes (i32 for transposes, u32 for the epilogue, a device pointer for the
-        // bias), alive for the call (cuBLASLt copies the value).
-        unsafe { lt::set_matmul_desc_attribute(desc.0, attr, value, size) }
-            .map_err(|e| lt_err("matmul descriptor attribute", e))
-    };
     use sys::cublasLtMatmulDescAttributes_t as D;
     let (op_t, op_n) = (
         cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T as i32,
         cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N as i32,
     );
     let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as u32;
-    set_desc(
-        D::CUBLASLT_MATMUL_DESC_TRANSA,
-        (&op_t as *const i32).cast(),
-        4,
-    )?;
-    set_desc(
-        D::CUBLASLT_MATMUL_DESC_TRANSB,
-        (&op_n as *const i32).cast(),
-        4,
-    )?;
-    set_desc(
-        D::CUBLASLT_MATMUL_DESC_EPILOGUE,
-        (&epilogue as *const u32).cast(),
-        4,
-    )?;
-    set_desc(
-        D::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-        (&b_at as *const u64).cast(),
-        std::mem::size_of::<u64>(),
-    )?;
+    for (attr, (value, size)) in [
+        (D::CUBLASLT_MATMUL_DESC_TRANSA, attribute(&op_t)),
+        (D::CUBLASLT_MATMUL_DESC_TRANSB, attribute(&op_n)),
+        (D::CUBLASLT_MATMUL_DESC_EPILOGUE, attribute(&epilogue)),
+        (D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, attribute(&b_at)),
+    ] {
+        // SAFETY: `desc` is a live descriptor; `value` points at `size` bytes of the type the
+        // attribute takes (i32 for transposes, u32 for the epilogue, a device address for the
+        // bias), alive for the call (cuBLASLt copies the value).
+        unsafe { lt::set_matmul_desc_attribute(desc.0, attr, value, size) }
+            .map_err(|e| lt_err("matmul descriptor attribute", e))?;
+    }
 
     let layout = |rows: usize, cols: usize, ld: usize| -> Result<Owned<_>> {
         Ok(Owned(
@@ -258,29 +248,37 @@ pub(crate) fn linear(
                 lt::create_matmul_pref().map_err(|e| lt_err("preference", e))?,
                 lt::destroy_matmul_pref,
             );
-            let set_pref = |attr, value: *const c_void, size: usize| {
+            use sys::cublasLtMatmulPreferenceAttributes_t as P;
+            let workspace = WORKSPACE_BYTES as u64;
+            // Only algorithms that work at the operands' actual alignment (the default
+            // assumes 256).
+            let [a_w, a_x, a_d] = &aligned;
+            for (attr, (value, size)) in [
+                (
+                    P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    attribute(&workspace),
+                ),
+                (
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    attribute(a_w),
+                ),
+                (
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    attribute(a_x),
+                ),
+                (
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    attribute(a_d),
+                ),
+                (
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                    attribute(a_d),
+                ),
+            ] {
                 // SAFETY: `pref` is live; `value` points at `size` bytes of the attribute's
                 // type (u64 for the workspace size, u32 for alignments), copied by cuBLASLt.
                 unsafe { lt::set_matmul_pref_attribute(pref.0, attr, value, size) }
-                    .map_err(|e| lt_err("preference attribute", e))
-            };
-            use sys::cublasLtMatmulPreferenceAttributes_t as P;
-            let workspace = WORKSPACE_BYTES as u64;
-            set_pref(
-                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                (&workspace as *const u64).cast(),
-                8,
-            )?;
-            // Only algorithms that work at the operands' actual alignment (the default
-            // assumes 256).
-            let [a_w, a_x, a_d] = aligned;
-            for (attr, a) in [
-                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a_w),
-                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, a_x),
-                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, a_d),
-                (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, a_d),
-            ] {
-                set_pref(attr, (&a as *const u32).cast(), 4)?;
+                    .map_err(|e| lt_err("preference attribute", e))?;
             }
             // SAFETY: every descriptor is live; the layouts describe the buffers as above.
             let heuristic = unsafe {
@@ -332,11 +330,8 @@ pub(crate) fn linear(
     drop((x_ptr, w_ptr, b_ptr, d_ptr, ws_ptr));
     drop(guard);
     be.check_launch("cublasLtMatmul", Ok(()))?;
-    be.count_linear_lt();
+    crate::backend::count_linear_lt_product();
     crate::storage::CudaStorage::new(out, m * n)
         .into_tensor([m, n], x)
         .map(Some)
 }
-
-/// The cuBLASLt handle cell of the backend.
-pub(crate) type LtCell = std::sync::OnceLock<std::result::Result<Mutex<LtHandle>, String>>;
